@@ -1,0 +1,57 @@
+# baton: the two commands a newcomer types are `make run` and `make test`.
+# Both install whatever Debian packages are missing first (apt-get, with sudo
+# when not root), so they work on a fresh Debian 12 machine.
+
+BUILD      ?= build
+BUILD_TEST ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+BATON      := $(BUILD)/bot/baton
+
+PKGS := build-essential cmake pkg-config clang-format git \
+        libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev \
+        libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build run test test-build format format-check bench clean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "baton: installing missing packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BATON) ask "how many assets do we have?"
+	$(BATON) check
+
+test-build: deps
+	cmake -S . -B $(BUILD_TEST) -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=ON >/dev/null
+	cmake --build $(BUILD_TEST) -j $(JOBS)
+
+test: test-build format-check
+	cd $(BUILD_TEST) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+SOURCES = $(shell git ls-files -co --exclude-standard -- '*.c' '*.h' 2>/dev/null)
+
+format:
+	clang-format -i $(SOURCES)
+
+format-check: deps
+	@clang-format --dry-run -Werror $(SOURCES) && echo "clang-format: clean"
+
+bench: build
+	@echo "no benchmark yet: the daemon issue adds tests/bench/"
+
+clean:
+	rm -rf $(BUILD) $(BUILD_TEST)
