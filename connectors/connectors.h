@@ -27,6 +27,15 @@
 
 typedef struct bt_connectors bt_connectors;
 
+/* Read and check inventory.yaml (`assets:` list). Every asset needs name,
+ * hostname, ip (dotted IPv4), os (windows|linux), os_version, role,
+ * environment (production|staging|dev), status (active|inactive),
+ * datacenter, tags (list), cpu, ram_gb, connection
+ * (local|ssh|winrm|none); optional services (list of service names).
+ * Names, hostnames and IPs are unique. Problems go to d (file:line: key).
+ * Returns a new array of asset objects, or NULL when any problem was found. */
+json_t *bt_connectors_inventory(const bt_config *cfg, bt_diag *d);
+
 /* Build every connector in cfg's `connectors:` section and check it
  * (allow-list entries exist and are absolute paths, ...). store_location is
  * the store the builtin asset connector reads (copied). Problems go to d;
