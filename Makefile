@@ -50,8 +50,12 @@ format:
 format-check: deps
 	@clang-format --dry-run -Werror $(SOURCES) && echo "clang-format: clean"
 
-bench: build
-	@echo "no benchmark yet: the daemon issue adds tests/bench/"
+BUILD_BENCH ?= build-bench
+
+bench: deps
+	cmake -S . -B $(BUILD_BENCH) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BUILD_BENCH) -j $(JOBS) --target bench_pipeline
+	$(BUILD_BENCH)/tests/bench/bench_pipeline 5000
 
 clean:
-	rm -rf $(BUILD) $(BUILD_TEST)
+	rm -rf $(BUILD) $(BUILD_TEST) $(BUILD_BENCH)

@@ -1,4 +1,288 @@
-int main(void)
+/*
+ * main.c - the `baton` command.
+ *
+ *   baton [--config DIR] [--store LOCATION] [--log-level LEVEL] COMMAND ...
+ *
+ *   ask [--as USER] [--json] TEXT...    handle one request (A-E) and print the answer
+ *   explain [--as USER] [--json] TEXT... stages A-D only: nothing runs, nothing is stored
+ *   check                               validate the configuration and the store
+ *   version
+ *
+ * Exit codes are documented in docs/cli.md and never renumbered.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bot/conf.h"
+#include "bot/log.h"
+#include "bot/store/store.h"
+#include "bot/util.h"
+#include "pipeline/pipeline.h"
+
+enum exit_code {
+    EXIT_ANSWERED = 0,
+    EXIT_FAILURE_ = 1,  /* runtime error (store, I/O) */
+    EXIT_USAGE = 2,     /* bad command line */
+    EXIT_CONFIG = 3,    /* configuration invalid */
+    EXIT_APPROVAL = 4,  /* plan recorded, waiting for approval */
+    EXIT_CLARIFY = 5,   /* baton needs more information */
+    EXIT_UNKNOWN = 6,   /* baton cannot handle the request */
+    EXIT_REFUSED = 7,   /* refused: policy, or a value that failed validation */
+    EXIT_EXEC_FAIL = 8, /* the plan ran and a step failed */
+};
+
+#define MAX_TEXT 4096
+
+struct options {
+    const char *config_dir;
+    const char *store;
+    const char *as_user;
+    bool json;
+    bool as_given;
+};
+
+static void usage(FILE *out)
 {
-    return 1;
+    fputs("usage: baton [--config DIR] [--store LOCATION] [--log-level LEVEL] COMMAND\n"
+          "\n"
+          "commands:\n"
+          "  ask [--as USER] [--json] TEXT...      handle a request and print the answer\n"
+          "  explain [--as USER] [--json] TEXT...  show stages A-D; nothing runs\n"
+          "  check                                 validate configuration and store\n"
+          "  version                               print the version\n"
+          "\n"
+          "--config defaults to $BATON_CONFIG, else ./config, else /etc/baton.\n"
+          "Exit codes: 0 answered, 1 error, 2 usage, 3 bad configuration, 4 waiting for\n"
+          "approval, 5 needs clarification, 6 unknown request, 7 refused, 8 execution failed.\n",
+          out);
+}
+
+static void print_diag(const bt_diag *d)
+{
+    for (size_t i = 0; i < bt_diag_count(d); i++)
+        fprintf(stderr, "  %s\n", bt_diag_get(d, i));
+}
+
+/* Join argv[from..argc) with spaces into one request text (capped). */
+static char *join_text(int argc, char **argv, int from)
+{
+    bt_buf b = BT_BUF_INIT(MAX_TEXT + 1);
+    for (int i = from; i < argc; i++) {
+        if ((i > from && bt_buf_puts(&b, " ") != BT_OK) || bt_buf_puts(&b, argv[i]) != BT_OK) {
+            bt_buf_free(&b);
+            return NULL;
+        }
+    }
+    return bt_buf_steal(&b);
+}
+
+static int exit_for(const json_t *r)
+{
+    const char *kind = json_string_value(json_object_get(r, "kind"));
+    const char *err = json_string_value(json_object_get(r, "error"));
+    if (!kind)
+        return EXIT_FAILURE_;
+    if (strcmp(kind, "answer") == 0)
+        return EXIT_ANSWERED;
+    if (strcmp(kind, "approval") == 0)
+        return EXIT_APPROVAL;
+    if (strcmp(kind, "clarify") == 0)
+        return EXIT_CLARIFY;
+    if (strcmp(kind, "unknown") == 0)
+        return EXIT_UNKNOWN;
+    if (err && strcmp(err, "execution_failed") == 0)
+        return EXIT_EXEC_FAIL;
+    if (err && (strcmp(err, "denied") == 0 || strcmp(err, "invalid_value") == 0 ||
+                strcmp(err, "invalid_input") == 0))
+        return EXIT_REFUSED;
+    return EXIT_FAILURE_;
+}
+
+/* Load configuration, or print its problems and return NULL. */
+static bt_config *load_config(const struct options *o, bt_diag *d, char **dir_out)
+{
+    char *dir = bt_config_find_dir(o->config_dir);
+    bt_config *cfg = bt_config_load(dir, d);
+    *dir_out = dir;
+    return cfg;
+}
+
+static void apply_log_level(const bt_config *cfg)
+{
+    const char *lvl = json_string_value(bt_config_get(cfg, "log.level"));
+    int n = lvl ? bt_log_level_parse(lvl) : -1;
+    if (n >= 0)
+        bt_log_set_level((enum bt_log_level)n);
+}
+
+static int cmd_check(const struct options *o)
+{
+    bt_diag *d = bt_diag_new();
+    char *dir = NULL;
+    bt_config *cfg = load_config(o, d, &dir);
+    /* The configuration is checked against a store in memory, so a check
+     * never creates or changes the real one; the real store is then opened
+     * on its own when it exists, to find a corrupt or newer file. */
+    bt_pipeline *p = cfg ? bt_pipeline_new(cfg, ":memory:", d) : NULL;
+    const char *loc = o->store ? o->store : json_string_value(bt_config_get(cfg, "store.location"));
+    if (!loc)
+        loc = "var/baton.db";
+    const char *path = strncmp(loc, "sqlite:", 7) == 0 ? loc + 7 : loc;
+    struct stat st;
+    if (cfg && strstr(loc, "://") == NULL && stat(path, &st) == 0) {
+        bt_store *s = NULL;
+        char err[BT_ERRLEN];
+        if (bt_store_open(loc, &s, err, sizeof err) != BT_OK)
+            bt_diag_add(d, NULL, 0, NULL, "store: %s", err);
+        bt_store_close(s);
+    }
+    int rc;
+    if (bt_diag_count(d)) {
+        fprintf(stderr, "baton check: %zu problem%s in %s:\n", bt_diag_count(d),
+                bt_diag_count(d) == 1 ? "" : "s", dir);
+        print_diag(d);
+        rc = EXIT_CONFIG;
+    } else {
+        printf("baton check: configuration in %s is valid\n", dir);
+        rc = EXIT_ANSWERED;
+    }
+    bt_pipeline_free(p);
+    bt_config_free(cfg);
+    bt_diag_free(d);
+    free(dir);
+    return rc;
+}
+
+static int cmd_request(const struct options *o, bool execute, const char *text)
+{
+    bt_diag *d = bt_diag_new();
+    char *dir = NULL;
+    bt_config *cfg = load_config(o, d, &dir);
+    if (cfg)
+        apply_log_level(cfg);
+    bt_pipeline *p = cfg && !bt_diag_count(d) ? bt_pipeline_new(cfg, o->store, d) : NULL;
+    if (!p) {
+        fprintf(stderr, "baton: cannot start: %zu configuration problem%s in %s:\n",
+                bt_diag_count(d), bt_diag_count(d) == 1 ? "" : "s", dir);
+        print_diag(d);
+        fputs("Run `baton check` after fixing them.\n", stderr);
+        bt_config_free(cfg);
+        bt_diag_free(d);
+        free(dir);
+        return EXIT_CONFIG;
+    }
+    const char *user = o->as_user;
+    if (!o->as_given) {
+        const char *def = json_string_value(bt_config_get(cfg, "cli.default_user"));
+        user = def;
+    }
+    json_t *r =
+        execute ? bt_pipeline_handle(p, text, user, "cli") : bt_pipeline_explain(p, text, user);
+    if (o->json) {
+        char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        const char *t = json_string_value(json_object_get(r, "text"));
+        puts(t ? t : "");
+    }
+    int rc = exit_for(r);
+    json_decref(r);
+    bt_pipeline_free(p);
+    bt_config_free(cfg);
+    bt_diag_free(d);
+    free(dir);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = {0};
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if ((strcmp(a, "--config") == 0 || strcmp(a, "--store") == 0 ||
+             strcmp(a, "--log-level") == 0) &&
+            i + 1 >= argc) {
+            fprintf(stderr, "baton: %s needs a value\n", a);
+            return EXIT_USAGE;
+        }
+        if (strcmp(a, "--config") == 0) {
+            o.config_dir = argv[++i];
+        } else if (strcmp(a, "--store") == 0) {
+            o.store = argv[++i];
+        } else if (strcmp(a, "--log-level") == 0) {
+            int lvl = bt_log_level_parse(argv[++i]);
+            if (lvl < 0) {
+                fprintf(stderr, "baton: unknown log level '%s'\n", argv[i]);
+                return EXIT_USAGE;
+            }
+            bt_log_set_level((enum bt_log_level)lvl);
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return EXIT_ANSWERED;
+        } else {
+            fprintf(stderr, "baton: unknown option '%s'\n", a);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[i++];
+    if (strcmp(cmd, "version") == 0) {
+        puts("baton 0.1.0");
+        return EXIT_ANSWERED;
+    }
+    if (strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return EXIT_ANSWERED;
+    }
+    if (strcmp(cmd, "check") == 0) {
+        if (i < argc) {
+            fprintf(stderr, "baton: check takes no arguments\n");
+            return EXIT_USAGE;
+        }
+        return cmd_check(&o);
+    }
+    if (strcmp(cmd, "ask") == 0 || strcmp(cmd, "explain") == 0) {
+        for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+            if (strcmp(argv[i], "--json") == 0) {
+                o.json = true;
+            } else if (strcmp(argv[i], "--as") == 0 && i + 1 < argc) {
+                o.as_user = argv[++i];
+                o.as_given = true;
+            } else if (strcmp(argv[i], "--") == 0) {
+                i++;
+                break;
+            } else {
+                fprintf(stderr, "baton %s: unknown option '%s'\n", cmd, argv[i]);
+                return EXIT_USAGE;
+            }
+        }
+        if (i >= argc) {
+            fprintf(stderr,
+                    "baton %s: what should I do? e.g. baton %s \"how many assets do we "
+                    "have?\"\n",
+                    cmd, cmd);
+            return EXIT_USAGE;
+        }
+        char *text = join_text(argc, argv, i);
+        if (!text) {
+            fprintf(stderr, "baton %s: the request is longer than %d bytes\n", cmd, MAX_TEXT);
+            return EXIT_REFUSED;
+        }
+        int rc = cmd_request(&o, strcmp(cmd, "ask") == 0, text);
+        free(text);
+        return rc;
+    }
+    fprintf(stderr, "baton: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return EXIT_USAGE;
 }

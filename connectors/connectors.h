@@ -12,8 +12,10 @@
  * calls bt_connectors_invoke with the tool definition and validated inputs.
  *
  * Threads: bt_connectors_invoke may be called from several threads at once;
- * each call that needs the store opens/uses its own bt_store handle via the
- * location given at creation.
+ * each call that needs the store borrows a bt_store handle of its own from a
+ * small mutex-guarded pool (opening one via the location given at creation
+ * when the pool is empty), so no two calls ever share a handle. The other
+ * functions are for the thread that builds and frees the set.
  */
 #ifndef BT_CONNECTORS_H
 #define BT_CONNECTORS_H
@@ -31,15 +33,22 @@ typedef struct bt_connectors bt_connectors;
  * hostname, ip (dotted IPv4), os (windows|linux), os_version, role,
  * environment (production|staging|dev), status (active|inactive),
  * datacenter, tags (list), cpu, ram_gb, connection
- * (local|ssh|winrm|none); optional services (list of service names).
- * Names, hostnames and IPs are unique. Problems go to d (file:line: key).
- * Returns a new array of asset objects, or NULL when any problem was found. */
+ * (local|ssh|winrm|none); optional services (list of service names),
+ * description and owner (strings); no other keys. Names, hostnames and IPs
+ * are unique (ignoring case). Problems go to d as
+ * "inventory.yaml:line: assets[i].key: message", every one of them.
+ * Returns a new array of asset objects (copies; services always present), or
+ * NULL when any problem was found. */
 json_t *bt_connectors_inventory(const bt_config *cfg, bt_diag *d);
 
 /* Build every connector in cfg's `connectors:` section and check it
- * (allow-list entries exist and are absolute paths, ...). store_location is
- * the store the builtin asset connector reads (copied). Problems go to d;
- * NULL when any problem was found. */
+ * (known type, known keys, allow-list entries are absolute paths: whether
+ * the program exists is checked when it is run, so a host without an
+ * optional tool still loads). No `connectors:` section means no connectors.
+ * store_location is the store the builtin asset connector reads (copied;
+ * may be NULL: its inventory operations then fail with BT_EUNAVAIL).
+ * Problems go to d as "baton.yaml:line: connectors.NAME.key: ..."; NULL when
+ * any problem was found. */
 bt_connectors *bt_connectors_new(const bt_config *cfg, const char *store_location, bt_diag *d);
 void bt_connectors_free(bt_connectors *c);
 
@@ -48,27 +57,43 @@ bool bt_connectors_has(const bt_connectors *c, const char *name);
 /* The configured type of connector `name` ("builtin", "local", ...) or NULL. */
 const char *bt_connectors_type(const bt_connectors *c, const char *name);
 
-/* Check that connector `name` can serve `tool` (borrowed tool definition
- * from tools.yaml: operation known to the connector, command allow-listed).
- * Problems go to d at the tool's location in doc. */
+/* Check that the tool's connector exists and can serve `tool` (borrowed
+ * tool definition from tools.yaml: operation known to the connector; for
+ * local: command is a list of strings, command[0] allow-listed, every
+ * "{name}" placeholder names an input of the tool or of its inputs_from set
+ * in doc's `input_sets:`, ok_exit / output_lines / output_max / runs_on
+ * valid). Problems go to d at the tool's location in doc, named
+ * "tools[i].key". Returns false when there was a problem. */
 bool bt_connectors_check_tool(const bt_connectors *c, const bt_yaml_doc *doc, const json_t *tool,
                               bt_diag *d);
 
 /* Run one step.
  *   tool    borrowed tool definition (name, connector, operation, command,
- *           timeout_s, output_max, ok_exit, ...)
- *   inputs  borrowed object of validated input values (strings)
+ *           timeout_s, output_max, output_lines, ok_exit, runs_on, target)
+ *   inputs  borrowed object of validated input values (strings; integers
+ *           are accepted too), or NULL for none
  *   target  borrowed asset object the step acts on, or NULL
  * On success *result is a new object:
  *   builtin: {"data": <operation result>, "text": "<one-line summary>"}
- *   local:   {"exit_code": n, "stdout": "...", "stderr": "...",
- *             "truncated": bool, "duration_ms": n}
+ *            count_assets data {total, breakdown[{os, role, count, label}],
+ *            filter}; list_assets data [asset...]; get_asset data asset;
+ *            tcp_check data {reachable, address, port, ms, error?} (an
+ *            unreachable port is a successful check: BT_OK, reachable false)
+ *   local:   {"command": [argv...], "exit_code": n, "signal": n (only when
+ *             killed by one; exit_code is then 128+n), "stdout": "...",
+ *             "stderr": "...", "truncated": bool, "timed_out": bool,
+ *             "duration_ms": n}
+ *            (output bytes that are not UTF-8, and NULs, become '?')
  * Errors: BT_EDENIED (not allow-listed, target not local, unsafe argument),
- * BT_ETIMEOUT (killed after timeout_s; partial output in err), BT_EINVAL
- * (bad inputs), BT_ECONNECTOR (the command could not run or exited with a
- * code not in ok_exit: *result is still set then, with the output),
- * BT_EUNAVAIL (no such connector). err says what happened in words a user
- * can act on. */
+ * BT_ETIMEOUT (killed after timeout_s: *result is set, with the partial
+ * output, and err quotes its first line), BT_EINVAL (bad or missing inputs,
+ * unknown asset for get_asset: "no asset named 'x' in the inventory"),
+ * BT_ECONNECTOR (the command is not installed: *result NULL; execve
+ * failed, it exited with a code not in ok_exit, or died of a signal:
+ * *result is set, with the output; store failures of builtin),
+ * BT_EUNAVAIL (no such connector, or builtin without a store). *result is
+ * NULL whenever it is not said to be set. err says what happened in words a
+ * user can act on; it never contains a newline. Thread-safe. */
 enum bt_err bt_connectors_invoke(bt_connectors *c, const json_t *tool, const json_t *inputs,
                                  const json_t *target, json_t **result, char *err, size_t errlen);
 

@@ -31,6 +31,9 @@ void bt_intents_free(bt_intents *in);
 /* Number of intents in the catalog. */
 size_t bt_intents_count(const bt_intents *in);
 
+/* The i-th intent definition in catalog order (borrowed), NULL past the end. */
+const json_t *bt_intents_at(const bt_intents *in, size_t i);
+
 /* The definition of intent `name` as written in YAML (borrowed, read-only;
  * NULL if unknown): name, category, description, examples, plan, help, ... */
 const json_t *bt_intents_get(const bt_intents *in, const char *name);
@@ -51,6 +54,11 @@ const json_t *bt_intents_get(const bt_intents *in, const char *name);
  *   question     bool    the request asks how to do something (help), it is
  *                        not an action
  *   suggestions  array   for unknown: up to 3 example requests that are near
+ *   match        object  how it was decided (for `baton explain`): pattern
+ *                        (1-based index of the winning intent's pattern, or
+ *                        null when keywords alone decided), keywords (those
+ *                        found), score, and for unknown nearest (the best
+ *                        intent below the confidence threshold)
  * Thread-safe. */
 json_t *bt_intents_classify(const bt_intents *in, const char *text, char *err, size_t errlen);
 

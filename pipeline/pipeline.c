@@ -1,1 +1,432 @@
-/* placeholder: being written */
+/* pipeline.c - see pipeline.h. */
+#include "pipeline/pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "approvals/policy.h"
+#include "bot/log.h"
+#include "bot/store/store.h"
+#include "connectors/connectors.h"
+#include "intents/intents.h"
+#include "pipeline/answer.h"
+#include "pipeline/execute.h"
+#include "pipeline/plan.h"
+#include "pipeline/tools.h"
+
+#define DEFAULT_STORE "var/baton.db"
+#define MAX_CATALOG 10000
+
+struct bt_pipeline {
+    const bt_config *cfg;
+    char *store_location;
+    bt_store *store;
+    json_t *assets;      /* inventory array */
+    json_t *by_name;     /* asset name -> asset */
+    json_t *intent_list; /* array of intent definitions (borrowed refs kept) */
+    bt_intents *intents;
+    bt_tools *tools;
+    bt_policy *policy;
+    bt_connectors *conns;
+};
+
+/* Every step of every intent's plan must name a tool in tools.yaml and only
+ * inputs that tool declares: checked once here so a typo in a catalog is a
+ * `baton check` error, not a surprise at request time. */
+static void check_intent_plans(bt_pipeline *p, bt_diag *d)
+{
+    for (size_t i = 0; i < MAX_CATALOG; i++) {
+        const json_t *in = bt_intents_at(p->intents, i);
+        if (!in)
+            break;
+        json_array_append(p->intent_list, (json_t *)in);
+        const char *name = json_string_value(json_object_get(in, "name"));
+        size_t k;
+        json_t *step;
+        json_array_foreach(json_object_get(in, "plan"), k, step)
+        {
+            const char *tool = json_string_value(json_object_get(step, "tool"));
+            const json_t *def = bt_tools_get(p->tools, tool);
+            if (!def) {
+                bt_diag_add(d, "intents", 0, NULL,
+                            "intent %s: plan step %zu names tool '%s', which is not in "
+                            "tools.yaml",
+                            name, k + 1, tool ? tool : "(none)");
+                continue;
+            }
+            const char *input;
+            json_t *v;
+            json_object_foreach(json_object_get(step, "inputs"), input, v)
+            {
+                if (!json_object_get(json_object_get(def, "inputs"), input))
+                    bt_diag_add(d, "intents", 0, NULL,
+                                "intent %s: plan step %zu gives input '%s', which tool %s "
+                                "does not take",
+                                name, k + 1, input, tool);
+            }
+        }
+    }
+}
+
+bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, bt_diag *d)
+{
+    size_t before = bt_diag_count(d);
+    bt_pipeline *p = bt_calloc(1, sizeof *p);
+    p->cfg = cfg;
+    const char *loc = store_override;
+    if (!loc)
+        loc = json_string_value(bt_config_get(cfg, "store.location"));
+    p->store_location = bt_strdup(loc ? loc : DEFAULT_STORE);
+    p->by_name = json_object();
+    p->intent_list = json_array();
+
+    p->assets = bt_connectors_inventory(cfg, d);
+    p->conns = bt_connectors_new(cfg, p->store_location, d);
+    if (p->conns)
+        p->tools = bt_tools_new(cfg, p->conns, d);
+    json_t *none = json_array();
+    p->intents = bt_intents_new(cfg, p->assets ? p->assets : none, d);
+    json_decref(none);
+    p->policy = bt_policy_new(cfg, d);
+    if (p->intents && p->tools)
+        check_intent_plans(p, d);
+    if (bt_diag_count(d) > before || !p->assets || !p->conns || !p->tools || !p->intents ||
+        !p->policy) {
+        if (bt_diag_count(d) == before)
+            bt_diag_add(d, bt_config_dir(cfg), 0, NULL, "configuration is incomplete");
+        bt_pipeline_free(p);
+        return NULL;
+    }
+    size_t i;
+    json_t *a;
+    json_array_foreach(p->assets, i, a)
+        json_object_set(p->by_name, json_string_value(json_object_get(a, "name")), a);
+
+    char err[BT_ERRLEN];
+    if (bt_store_open(p->store_location, &p->store, err, sizeof err) != BT_OK ||
+        bt_store_assets_replace(p->store, p->assets, err, sizeof err) != BT_OK) {
+        bt_diag_add(d, NULL, 0, NULL, "store: %s", err);
+        bt_pipeline_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void bt_pipeline_free(bt_pipeline *p)
+{
+    if (!p)
+        return;
+    bt_store_close(p->store);
+    bt_connectors_free(p->conns);
+    bt_tools_free(p->tools);
+    bt_intents_free(p->intents);
+    bt_policy_free(p->policy);
+    json_decref(p->assets);
+    json_decref(p->by_name);
+    json_decref(p->intent_list);
+    free(p->store_location);
+    free(p);
+}
+
+static bool asset_has_service(const json_t *asset, const char *service)
+{
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(asset, "services"), i, s)
+    {
+        if (json_string_value(s) && strcasecmp(json_string_value(s), service) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The assets a request acts on: those it names; else, for intents that act
+ * on hosts, those its selectors pick ("deploy billing-api to production":
+ * production assets running billing-api). New array. */
+static json_t *select_targets(const bt_pipeline *p, const json_t *intent, const json_t *decision)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *name;
+    json_array_foreach(json_object_get(decision, "targets"), i, name)
+    {
+        json_t *a = json_object_get(p->by_name, json_string_value(name));
+        if (a)
+            json_array_append(out, a);
+    }
+    const char *need = json_string_value(json_object_get(intent, "targets"));
+    if (json_array_size(out) || !need || strcmp(need, "none") == 0)
+        return out;
+    json_t *ent = json_object_get(decision, "entities");
+    const char *env = json_string_value(json_object_get(ent, "environment"));
+    const char *role = json_string_value(json_object_get(ent, "role"));
+    const char *os = json_string_value(json_object_get(ent, "os"));
+    const char *svc = json_string_value(json_object_get(ent, "app"));
+    if (!svc)
+        svc = json_string_value(json_object_get(ent, "service"));
+    /* Without an environment or role nothing was asked for by selector: a
+     * service name alone must not fan a change out to every host. */
+    if (!env && !role)
+        return out;
+    json_t *a;
+    json_array_foreach(p->assets, i, a)
+    {
+        if (env && strcmp(env, json_string_value(json_object_get(a, "environment"))) != 0)
+            continue;
+        if (role && strcmp(role, json_string_value(json_object_get(a, "role"))) != 0)
+            continue;
+        if (os && strcmp(os, json_string_value(json_object_get(a, "os"))) != 0)
+            continue;
+        if (svc && !asset_has_service(a, svc))
+            continue;
+        if (strcmp(json_string_value(json_object_get(a, "status")), "active") != 0)
+            continue;
+        json_array_append(out, a);
+    }
+    return out;
+}
+
+static void set_text(json_t *r, const char *kind, char *text)
+{
+    json_object_set_new(r, "kind", json_string(kind));
+    json_object_set_new(r, "text", json_string(text ? text : ""));
+    free(text);
+}
+
+/* Stages A-D. On return r holds everything explain reports; *plan_out
+ * (borrowed from r) is the plan when one was built. */
+static json_t *stages_a_to_d(bt_pipeline *p, const char *text, const char *user,
+                             const char *request_id)
+{
+    /* jansson refuses strings that are not UTF-8; the request is echoed as a
+     * marker then, and stage A refuses it with a clear message. */
+    const char *shown = text && bt_utf8_valid(text, strlen(text)) ? text : "(not valid UTF-8)";
+    json_t *r =
+        json_pack("{s:s, s:s, s:s?}", "request_id", request_id, "request", shown, "user", user);
+    json_object_set_new(r, "risk", json_null());
+    json_object_set_new(r, "approval_level", json_null());
+    json_object_set_new(r, "approval", json_null());
+    json_object_set_new(r, "plan", json_null());
+    char err[BT_ERRLEN];
+    json_t *decision = bt_intents_classify(p->intents, text ? text : "", err, sizeof err);
+    if (!decision) {
+        json_object_set_new(r, "category", json_string("unknown"));
+        json_object_set_new(r, "intent", json_string("unknown"));
+        json_object_set_new(r, "error", json_string("invalid_input"));
+        set_text(r, "error", bt_asprintf("I can't read that request: %s", err));
+        return r;
+    }
+    static const char *const copied[] = {"category", "intent",      "entities",    "confidence",
+                                         "targets",  "unresolved",  "corrections", "normalized",
+                                         "question", "suggestions", "match",       NULL};
+    for (size_t i = 0; copied[i]; i++) {
+        json_t *v = json_object_get(decision, copied[i]);
+        if (v)
+            json_object_set(r, copied[i], v);
+    }
+    json_object_set(r, "decision", decision);
+    const char *intent_name = json_string_value(json_object_get(decision, "intent"));
+    const json_t *intent = bt_intents_get(p->intents, intent_name ? intent_name : "unknown");
+
+    if (!intent || strcmp(intent_name, "unknown") == 0) {
+        set_text(r, "unknown", bt_answer_unknown(decision));
+        json_decref(decision);
+        return r;
+    }
+    if (strcmp(intent_name, "capabilities") == 0) {
+        set_text(r, "answer", bt_answer_capabilities(p->intent_list));
+        json_decref(decision);
+        return r;
+    }
+    if (strcmp(intent_name, "help") == 0) {
+        const char *topic =
+            json_string_value(json_object_get(json_object_get(decision, "entities"), "topic"));
+        const json_t *about = topic ? bt_intents_get(p->intents, topic) : NULL;
+        set_text(r, "answer",
+                 about ? bt_answer_help(about) : bt_answer_capabilities(p->intent_list));
+        json_decref(decision);
+        return r;
+    }
+
+    json_t *targets = select_targets(p, intent, decision);
+    json_t *plan = NULL, *question = NULL;
+    enum bt_plan_outcome oc =
+        bt_plan_build(p->tools, intent, decision, targets, &plan, &question, err, sizeof err);
+    json_decref(targets);
+    json_decref(decision);
+    switch (oc) {
+    case BT_PLAN_NONE:
+        set_text(r, "answer", bt_answer_help(intent));
+        return r;
+    case BT_PLAN_CLARIFY:
+        json_object_set(r, "clarify", question);
+        set_text(r, "clarify", bt_strdup(json_string_value(json_object_get(question, "question"))));
+        json_decref(question);
+        return r;
+    case BT_PLAN_INVALID:
+        json_object_set_new(r, "error", json_string("invalid_value"));
+        set_text(r, "error", bt_asprintf("I can't do that: %s.", err));
+        return r;
+    case BT_PLAN_OK:
+        break;
+    }
+
+    json_t *approval = bt_policy_evaluate(p->policy, plan, user);
+    json_int_t level = json_integer_value(json_object_get(approval, "level"));
+    json_object_set(plan, "risk", json_object_get(approval, "risk"));
+    json_object_set_new(plan, "approval_level", json_integer(level));
+    json_object_set(r, "risk", json_object_get(approval, "risk"));
+    json_object_set_new(r, "approval_level", json_integer(level));
+    json_object_set_new(r, "approval", approval);
+    json_object_set_new(r, "plan", plan);
+    if (!json_is_true(json_object_get(approval, "allowed"))) {
+        const char *why = json_string_value(json_object_get(approval, "denied_reason"));
+        json_object_set_new(r, "error", json_string("denied"));
+        set_text(r, "error",
+                 bt_asprintf("I can't do that for you: %s.",
+                             why ? why : "the policy does not allow it"));
+        return r;
+    }
+    if (level == 0)
+        set_text(r, "answer", bt_strdup(json_string_value(json_object_get(plan, "summary"))));
+    else
+        set_text(r, "approval", bt_answer_approval(plan, approval, NULL));
+    return r;
+}
+
+json_t *bt_pipeline_explain(bt_pipeline *p, const char *text, const char *user)
+{
+    char rid[33];
+    bt_random_id(rid);
+    json_t *r = stages_a_to_d(p, text, user, rid);
+    json_object_del(r, "decision");
+    return r;
+}
+
+static void audit(bt_pipeline *p, const char *rid, const char *actor, const char *event,
+                  json_t *detail)
+{
+    char err[BT_ERRLEN];
+    if (bt_store_audit_append(p->store, rid, actor, event, detail, err, sizeof err) != BT_OK)
+        bt_log(BT_LOG_ERROR, "pipeline", rid, "audit log: %s", err);
+    json_decref(detail);
+}
+
+/* Record the plan and run it (level 0) or hold it for approval. */
+static void store_and_act(bt_pipeline *p, json_t *r, const char *rid, const char *actor)
+{
+    char err[BT_ERRLEN];
+    json_t *plan = json_object_get(r, "plan");
+    json_t *approval = json_object_get(r, "approval");
+    int level = (int)json_integer_value(json_object_get(r, "approval_level"));
+    char plan_id[33], exec_id[33], sha[65];
+    bt_random_id(plan_id);
+    bt_random_id(exec_id);
+    json_object_set_new(plan, "plan_id", json_string(plan_id));
+    json_object_set_new(plan, "request_id", json_string(rid));
+    char *canon = bt_plan_canonical(plan, sha);
+    json_object_set_new(r, "plan_hash", json_string(sha));
+    if (!canon ||
+        bt_store_plan_add(p->store, plan_id, rid, canon, sha,
+                          json_string_value(json_object_get(plan, "risk")), level, err,
+                          sizeof err) != BT_OK ||
+        bt_store_execution_add(p->store, exec_id, plan_id, level ? "pending_approval" : "approved",
+                               err, sizeof err) != BT_OK) {
+        free(canon);
+        json_object_set_new(r, "error", json_string("store"));
+        set_text(r, "error", bt_asprintf("I could not record the plan, so nothing ran: %s", err));
+        return;
+    }
+    free(canon);
+    audit(p, rid, actor, "plan_created",
+          json_pack("{s:s, s:s, s:s, s:O, s:i}", "plan_id", plan_id, "plan_hash", sha,
+                    "execution_id", exec_id, "risk", json_object_get(plan, "risk"), "level",
+                    level));
+
+    if (level > 0) {
+        char approval_id[33];
+        bt_random_id(approval_id);
+        int64_t expires =
+            bt_wall_ms() + 1000 * json_integer_value(json_object_get(approval, "expires_s"));
+        if (bt_store_approval_add(p->store, approval_id, plan_id, exec_id, level, approval, expires,
+                                  err, sizeof err) != BT_OK) {
+            json_object_set_new(r, "error", json_string("store"));
+            set_text(r, "error", bt_asprintf("I could not record the approval: %s", err));
+            return;
+        }
+        audit(p, rid, actor, "approval_requested",
+              json_pack("{s:s, s:s, s:i, s:s}", "approval_id", approval_id, "plan_hash", sha,
+                        "level", level, "execution_id", exec_id));
+        json_object_set_new(r, "approval_id", json_string(approval_id));
+        json_object_set_new(
+            r, "execution",
+            json_pack("{s:s, s:s}", "execution_id", exec_id, "state", "pending_approval"));
+        set_text(r, "approval", bt_answer_approval(plan, approval, approval_id));
+        return;
+    }
+
+    json_t *assets = json_object();
+    size_t i;
+    json_t *step;
+    json_array_foreach(json_object_get(plan, "steps"), i, step)
+    {
+        const char *t = json_string_value(json_object_get(step, "target"));
+        json_t *a = t ? json_object_get(p->by_name, t) : NULL;
+        if (a)
+            json_object_set(assets, t, a);
+    }
+    json_t *exec = bt_execute_plan(p->conns, p->tools, p->store, plan, assets, exec_id, rid, actor);
+    json_decref(assets);
+    const char *state = json_string_value(json_object_get(exec, "state"));
+    json_t *table = bt_answer_table(exec);
+    if (table)
+        json_object_set_new(r, "data", table);
+    set_text(r, strcmp(state, "completed") == 0 ? "answer" : "error",
+             bt_answer_results(plan, exec));
+    if (strcmp(state, "completed") != 0)
+        json_object_set_new(r, "error", json_string("execution_failed"));
+    json_object_set_new(r, "execution", exec);
+}
+
+json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, const char *channel)
+{
+    char rid[33], err[BT_ERRLEN];
+    bt_random_id(rid);
+    const char *actor = user ? user : "anonymous";
+    /* The request is on record before anything is decided about it. Text
+     * that is not valid UTF-8 is stored as a marker: the store keeps text. */
+    const char *stored = text && bt_utf8_valid(text, strlen(text)) ? text : "(not valid UTF-8)";
+    if (bt_store_request_add(p->store, rid, actor, channel ? channel : "cli", stored, err,
+                             sizeof err) != BT_OK) {
+        json_t *r =
+            json_pack("{s:s, s:s, s:s}", "request_id", rid, "kind", "error", "error", "store");
+        json_object_set_new(r, "text",
+                            json_string("I could not record the request, so I did "
+                                        "nothing with it."));
+        bt_log(BT_LOG_ERROR, "pipeline", rid, "store: %s", err);
+        return r;
+    }
+    bt_log(BT_LOG_INFO, "pipeline", rid, "request from %s", actor);
+    json_t *r = stages_a_to_d(p, text, user, rid);
+    json_t *decision = json_object_get(r, "decision");
+    if (decision)
+        bt_store_decision_add(p->store, rid, decision, err, sizeof err);
+    audit(p, rid, actor, "request",
+          json_pack("{s:s, s:s, s:O?, s:O?, s:O?}", "text", stored, "channel",
+                    channel ? channel : "cli", "intent", json_object_get(r, "intent"), "confidence",
+                    json_object_get(r, "confidence"), "kind", json_object_get(r, "kind")));
+    json_object_del(r, "decision");
+    const char *kind = json_string_value(json_object_get(r, "kind"));
+    if (!kind)
+        kind = "error";
+    if (json_is_object(json_object_get(r, "plan")) &&
+        (strcmp(kind, "answer") == 0 || strcmp(kind, "approval") == 0))
+        store_and_act(p, r, rid, actor);
+    else if (strcmp(kind, "error") == 0 && json_is_object(json_object_get(r, "plan")))
+        audit(p, rid, actor, "request_refused",
+              json_pack("{s:O}", "reason", json_object_get(r, "text")));
+    bt_log(BT_LOG_INFO, "pipeline", rid, "answered: %s",
+           json_string_value(json_object_get(r, "kind")));
+    return r;
+}

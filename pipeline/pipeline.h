@@ -27,7 +27,7 @@ bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, b
 void bt_pipeline_free(bt_pipeline *p);
 
 /* Stages A-D without executing or storing anything. Returns a new object:
- *   request_id, text, user,
+ *   request_id, request (the text as received), user,
  *   category, intent, entities, confidence, targets, corrections,
  *   kind          "answer" | "approval" | "clarify" | "unknown" | "error"
  *   risk          "low" | "medium" | "high" | "critical" (null without plan)

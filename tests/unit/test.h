@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static int bt_test_passed, bt_test_failed;
-static const char *bt_test_current = "";
+static int bt_test_passed __attribute__((unused)), bt_test_failed __attribute__((unused));
+static const char *bt_test_current __attribute__((unused)) = "";
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \

@@ -1,0 +1,293 @@
+/*
+ * The `baton` command end to end: every exit code, JSON output, config
+ * errors with file:line, store failures, the default locations.
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bot/util.h"
+#include "test.h"
+
+#define RUN_TIMEOUT_MS 60000
+
+static char tmp[] = "/tmp/bt-cli-XXXXXX";
+static char store[600];
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+struct out {
+    int code;
+    char *out;
+    char *err;
+};
+
+static void out_free(struct out *o)
+{
+    free(o->out);
+    free(o->err);
+}
+
+/* Run baton with args (NULL-terminated) in cwd (NULL: here) with one extra
+ * environment assignment (or NULL); capture both streams; bounded wait. */
+static struct out run_in(const char *cwd, const char *env_kv, const char *const *args)
+{
+    struct out o = {.code = -1};
+    int po[2], pe[2];
+    if (pipe(po) || pipe(pe))
+        return o;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        if (cwd && chdir(cwd) != 0)
+            _exit(127);
+        if (env_kv)
+            putenv((char *)env_kv);
+        const char *argv[64] = {BATON_BIN};
+        size_t n = 1;
+        for (; args[n - 1] && n < 63; n++)
+            argv[n] = args[n - 1];
+        argv[n] = NULL;
+        execv(BATON_BIN, (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    bt_buf bo = BT_BUF_INIT(0), be = BT_BUF_INIT(0);
+    struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+    int open_fds = 2;
+    int64_t deadline = bt_mono_ms() + RUN_TIMEOUT_MS;
+    while (open_fds > 0 && bt_mono_ms() < deadline) {
+        if (poll(fds, 2, 1000) < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP)))
+                continue;
+            char buf[4096];
+            ssize_t k = read(fds[i].fd, buf, sizeof buf);
+            if (k <= 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+            } else {
+                bt_buf_append(i ? &be : &bo, buf, (size_t)k);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i].fd >= 0)
+            close(fds[i].fd);
+    if (open_fds > 0)
+        kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    o.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    o.out = bt_buf_steal(&bo);
+    o.err = bt_buf_steal(&be);
+    return o;
+}
+
+#define BATON(...) run_in(NULL, NULL, (const char *const[]){__VA_ARGS__, NULL})
+#define CFG "--config", BT_SOURCE_DIR "/config", "--store", store
+
+static void test_ask_count(void)
+{
+    struct out o = BATON(CFG, "ask", "how many assets do we have?");
+    CHECK_INT(o.code, 0);
+    CHECK_MSG(strstr(o.out, "You have 24 assets: 6 Windows workstations") != NULL, "%s", o.out);
+    out_free(&o);
+}
+
+static void test_explain_json(void)
+{
+    struct out o = BATON(CFG, "explain", "--json", "restart nginx on web-01");
+    CHECK_INT(o.code, 4);
+    json_error_t e;
+    json_t *j = json_loads(o.out, 0, &e);
+    CHECK_MSG(j != NULL, "not JSON: %s", o.out);
+    static const char *const keys[] = {"category",       "intent", "entities", "confidence", "risk",
+                                       "approval_level", "kind",   "plan",     NULL};
+    for (size_t i = 0; keys[i]; i++)
+        CHECK_MSG(json_object_get(j, keys[i]) != NULL, "missing %s", keys[i]);
+    CHECK_STR(json_string_value(json_object_get(j, "category")), "automation");
+    CHECK_STR(json_string_value(json_object_get(j, "kind")), "approval");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(j, "entities"), "service")),
+              "nginx");
+    json_decref(j);
+    out_free(&o);
+}
+
+static void test_exit_codes(void)
+{
+    struct out o = BATON(CFG, "ask", "restart nginx on web-01");
+    CHECK_INT(o.code, 4);
+    CHECK_MSG(strstr(o.out, "Approval id:") != NULL, "%s", o.out);
+    out_free(&o);
+    o = BATON(CFG, "ask", "restart nginx");
+    CHECK_INT(o.code, 5);
+    out_free(&o);
+    o = BATON(CFG, "ask", "order me a pizza");
+    CHECK_INT(o.code, 6);
+    out_free(&o);
+    o = BATON(CFG, "ask", "--as", "dave", "restart nginx on web-01");
+    CHECK_INT(o.code, 7);
+    out_free(&o);
+    o = BATON(CFG, "ask", "check disk space on web-01");
+    CHECK_INT(o.code, 8);
+    CHECK_MSG(strstr(o.out, "not reachable by the local runner") != NULL, "%s", o.out);
+    out_free(&o);
+    o = BATON(CFG, "frobnicate");
+    CHECK_INT(o.code, 2);
+    out_free(&o);
+    o = BATON(CFG, "ask");
+    CHECK_INT(o.code, 2);
+    out_free(&o);
+    o = BATON("--config");
+    CHECK_INT(o.code, 2);
+    out_free(&o);
+}
+
+static void test_check_valid(void)
+{
+    struct out o = BATON(CFG, "check");
+    CHECK_INT(o.code, 0);
+    CHECK_MSG(strstr(o.out, "is valid") != NULL, "%s%s", o.out, o.err);
+    out_free(&o);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    char *text = NULL;
+    char err[BT_ERRLEN];
+    size_t len = 0;
+    if (bt_read_file(from, 1 << 22, &text, &len, err, sizeof err) != BT_OK)
+        return;
+    FILE *f = fopen(to, "w");
+    fwrite(text, 1, len, f);
+    fclose(f);
+    free(text);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A broken configuration: each file's problem is named with file and line. */
+static void test_check_reports_problems(void)
+{
+    char cdir[700], p[800];
+    bt_fmt(cdir, sizeof cdir, "%s/cfg", tmp);
+    mkdir(cdir, 0700);
+    bt_fmt(p, sizeof p, "%s/intents", cdir);
+    mkdir(p, 0700);
+    static const char *const files[] = {"baton.yaml", "tools.yaml", "inventory.yaml", NULL};
+    for (size_t i = 0; files[i]; i++) {
+        char from[600];
+        bt_fmt(from, sizeof from, "%s/config/%s", BT_SOURCE_DIR, files[i]);
+        bt_fmt(p, sizeof p, "%s/%s", cdir, files[i]);
+        copy_file(from, p);
+    }
+    bt_fmt(p, sizeof p, "%s/intents/broken.yaml", cdir);
+    write_file(p, "intents:\n  - name: x\n    category: monitoring\n    patterns: ['(unclosed']\n");
+    bt_fmt(p, sizeof p, "%s/inventory.yaml", cdir);
+    write_file(p, "assets:\n  - name: a\n    environment: prod\n");
+    struct out o = BATON("--config", cdir, "check");
+    CHECK_INT(o.code, 3);
+    CHECK_MSG(strstr(o.err, "inventory.yaml:") != NULL, "%s", o.err);
+    CHECK_MSG(strstr(o.err, "broken.yaml:") != NULL, "%s", o.err);
+    out_free(&o);
+    /* ask refuses to start on the same configuration */
+    o = BATON("--config", cdir, "--store", store, "ask", "how many assets do we have?");
+    CHECK_INT(o.code, 3);
+    out_free(&o);
+    /* a YAML syntax error */
+    bt_fmt(p, sizeof p, "%s/tools.yaml", cdir);
+    write_file(p, "tools:\n  - name: [unclosed\n");
+    o = BATON("--config", cdir, "check");
+    CHECK_INT(o.code, 3);
+    CHECK_MSG(strstr(o.err, "tools.yaml:") != NULL && strstr(o.err, "YAML syntax error"), "%s",
+              o.err);
+    out_free(&o);
+}
+
+static void test_store_failures(void)
+{
+    char bad[700];
+    bt_fmt(bad, sizeof bad, "%s/garbage.db", tmp);
+    write_file(bad, "this is not a database, it is a text file of some length..........\n"
+                    "..................................................................\n");
+    struct out o = BATON("--config", BT_SOURCE_DIR "/config", "--store", bad, "ask",
+                         "how many assets do we have?");
+    CHECK(o.code != 0);
+    CHECK_MSG(strstr(o.err, "garbage.db") != NULL, "%s", o.err);
+    out_free(&o);
+    o = BATON("--config", BT_SOURCE_DIR "/config", "--store", bad, "check");
+    CHECK_INT(o.code, 3);
+    out_free(&o);
+
+    /* a store written by a newer baton */
+    char newer[700];
+    bt_fmt(newer, sizeof newer, "%s/newer.db", tmp);
+    o = BATON("--config", BT_SOURCE_DIR "/config", "--store", newer, "ask", "how many assets?");
+    out_free(&o);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(newer, &db) == SQLITE_OK);
+    sqlite3_exec(db,
+                 "PRAGMA user_version=99; INSERT INTO schema_migrations(version, applied_ms) "
+                 "VALUES (99, 0);",
+                 NULL, NULL, NULL);
+    sqlite3_close(db);
+    o = BATON("--config", BT_SOURCE_DIR "/config", "--store", newer, "ask", "how many assets?");
+    CHECK(o.code != 0);
+    CHECK_MSG(strstr(o.err, "newer") != NULL, "%s", o.err);
+    out_free(&o);
+}
+
+static void test_default_locations(void)
+{
+    /* BATON_CONFIG and the default store var/baton.db under the cwd */
+    struct out o =
+        run_in(tmp, "BATON_CONFIG=" BT_SOURCE_DIR "/config",
+               (const char *const[]){"ask", "how many windows machines are there?", NULL});
+    CHECK_INT(o.code, 0);
+    CHECK_MSG(strstr(o.out, "7") != NULL, "%s", o.out);
+    out_free(&o);
+    char db[700];
+    bt_fmt(db, sizeof db, "%s/var/baton.db", tmp);
+    struct stat st;
+    CHECK(stat(db, &st) == 0);
+}
+
+int main(void)
+{
+    CHECK(mkdtemp(tmp) != NULL);
+    bt_fmt(store, sizeof store, "%s/baton.db", tmp);
+    RUN(test_ask_count);
+    RUN(test_explain_json);
+    RUN(test_exit_codes);
+    RUN(test_check_valid);
+    RUN(test_check_reports_problems);
+    RUN(test_store_failures);
+    RUN(test_default_locations);
+    nftw(tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return bt_test_finish();
+}

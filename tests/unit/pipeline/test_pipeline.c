@@ -1,0 +1,194 @@
+/* Stages A-E on the shipped configuration, against a temporary store. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "bot/conf.h"
+#include "bot/store/store.h"
+#include "pipeline/pipeline.h"
+#include "test.h"
+
+static bt_config *cfg;
+static bt_pipeline *pipe_;
+static char dir[] = "/tmp/bt-pipeline-XXXXXX";
+static char store_path[512];
+
+static const char *s(const json_t *r, const char *key)
+{
+    const char *v = json_string_value(json_object_get(r, key));
+    return v ? v : "";
+}
+
+static json_t *ask(const char *text, const char *user)
+{
+    return bt_pipeline_handle(pipe_, text, user, "test");
+}
+
+static void test_count_answers_with_real_numbers(void)
+{
+    json_t *r = ask("how many assets do we have?", "alice");
+    CHECK_STR(s(r, "kind"), "answer");
+    CHECK_STR(s(r, "intent"), "asset_count");
+    CHECK_STR(s(r, "category"), "asset_management");
+    CHECK_MSG(strstr(s(r, "text"), "You have 24 assets") != NULL, "%s", s(r, "text"));
+    CHECK_MSG(strstr(s(r, "text"), "6 Windows workstations") != NULL, "%s", s(r, "text"));
+    CHECK_STR(s(json_object_get(r, "execution"), "state"), "completed");
+    CHECK_INT(json_integer_value(json_object_get(r, "approval_level")), 0);
+    json_decref(r);
+}
+
+static void test_list_renders_table(void)
+{
+    json_t *r = ask("list all production web servers", "alice");
+    CHECK_STR(s(r, "kind"), "answer");
+    CHECK_MSG(strstr(s(r, "text"), "web-prd-01") && strstr(s(r, "text"), "web-prd-02") &&
+                  !strstr(s(r, "text"), "web-stg-01"),
+              "%s", s(r, "text"));
+    json_t *table = json_object_get(r, "data");
+    CHECK(json_array_size(json_object_get(table, "rows")) == 2);
+    json_decref(r);
+}
+
+static void test_local_read_executes(void)
+{
+    json_t *r = ask("check disk space on localhost", "alice");
+    CHECK_STR(s(r, "kind"), "answer");
+    CHECK_MSG(strstr(s(r, "text"), "Filesystem") != NULL, "%s", s(r, "text"));
+    json_decref(r);
+}
+
+static void test_remote_read_fails_honestly(void)
+{
+    json_t *r = ask("check disk space on web-01", "alice");
+    CHECK_STR(s(r, "kind"), "error");
+    CHECK_STR(s(r, "error"), "execution_failed");
+    CHECK_MSG(strstr(s(r, "text"), "not reachable by the local runner") != NULL, "%s",
+              s(r, "text"));
+    json_decref(r);
+}
+
+static void test_change_waits_for_approval(void)
+{
+    json_t *r = ask("restart nginx on web-01", "alice");
+    CHECK_STR(s(r, "kind"), "approval");
+    CHECK_STR(s(r, "intent"), "service_restart");
+    CHECK_INT(json_integer_value(json_object_get(r, "approval_level")), 1);
+    CHECK_STR(s(r, "risk"), "medium");
+    CHECK_INT(strlen(s(r, "approval_id")), 32);
+    CHECK_INT(strlen(s(r, "plan_hash")), 64);
+    CHECK_STR(s(json_object_get(r, "execution"), "state"), "pending_approval");
+
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    CHECK(bt_store_open(store_path, &st, err, sizeof err) == BT_OK);
+    json_t *ex = NULL;
+    CHECK(bt_store_execution_get(st, s(json_object_get(r, "execution"), "execution_id"), &ex, err,
+                                 sizeof err) == BT_OK);
+    CHECK_STR(s(ex, "state"), "pending_approval");
+    CHECK_INT(json_array_size(json_object_get(ex, "steps")), 0); /* nothing ran */
+    json_t *ap = NULL;
+    CHECK(bt_store_approval_get(st, s(r, "approval_id"), &ap, err, sizeof err) == BT_OK);
+    CHECK_STR(s(ap, "state"), "pending");
+    json_t *plan = NULL;
+    CHECK(bt_store_plan_get(st, s(ap, "plan_id"), &plan, err, sizeof err) == BT_OK);
+    CHECK_STR(s(plan, "sha256"), s(r, "plan_hash"));
+    json_decref(plan);
+    json_decref(ap);
+    json_decref(ex);
+    bt_store_close(st);
+    json_decref(r);
+}
+
+static void test_levels_by_risk_and_environment(void)
+{
+    json_t *r = bt_pipeline_explain(pipe_, "deploy billing-api 1.2.3 to production", "alice");
+    CHECK_STR(s(r, "kind"), "approval");
+    CHECK_INT(json_integer_value(json_object_get(r, "approval_level")), 2);
+    json_t *targets = json_object_get(json_object_get(r, "plan"), "targets");
+    CHECK_INT(json_array_size(targets), 2);
+    CHECK_STR(s(json_array_get(targets, 0), "name"), "api-prd-01");
+    json_decref(r);
+
+    r = bt_pipeline_explain(pipe_, "delete the orders database on db-prd-01", "alice");
+    CHECK_STR(s(r, "kind"), "approval");
+    CHECK_INT(json_integer_value(json_object_get(r, "approval_level")), 3);
+    CHECK_STR(s(r, "risk"), "critical");
+    json_decref(r);
+}
+
+static void test_viewer_refused(void)
+{
+    json_t *r = ask("restart nginx on web-01", "dave");
+    CHECK_STR(s(r, "kind"), "error");
+    CHECK_STR(s(r, "error"), "denied");
+    json_decref(r);
+}
+
+static void test_clarify_unknown_help(void)
+{
+    json_t *r = ask("restart nginx", "alice");
+    CHECK_STR(s(r, "kind"), "clarify");
+    CHECK_STR(s(r, "text"), "On which host?");
+    json_decref(r);
+
+    r = ask("order me a pizza", "alice");
+    CHECK_STR(s(r, "kind"), "unknown");
+    CHECK(strstr(s(r, "text"), "You could try") != NULL);
+    json_decref(r);
+
+    r = ask("how do I restart a service?", "alice");
+    CHECK_STR(s(r, "kind"), "answer");
+    CHECK_STR(s(r, "intent"), "help");
+    CHECK(json_is_null(json_object_get(r, "plan")));
+    CHECK(json_object_get(r, "execution") == NULL);
+    json_decref(r);
+
+    r = ask("\xff\xfe broken", "alice");
+    CHECK_STR(s(r, "kind"), "error");
+    json_decref(r);
+}
+
+static void test_audit_chain_holds(void)
+{
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    CHECK(bt_store_open(store_path, &st, err, sizeof err) == BT_OK);
+    long long n = 0;
+    CHECK_MSG(bt_store_audit_verify(st, &n, err, sizeof err) == BT_OK, "%s", err);
+    CHECK(n >= 10);
+    bt_store_close(st);
+}
+
+int main(void)
+{
+    CHECK(mkdtemp(dir) != NULL);
+    bt_fmt(store_path, sizeof store_path, "%s/baton.db", dir);
+    bt_diag *d = bt_diag_new();
+    cfg = bt_config_load(BT_SOURCE_DIR "/config", d);
+    pipe_ = cfg ? bt_pipeline_new(cfg, store_path, d) : NULL;
+    for (size_t i = 0; i < bt_diag_count(d); i++)
+        fprintf(stderr, "  %s\n", bt_diag_get(d, i));
+    bt_diag_free(d);
+    CHECK(pipe_ != NULL);
+    if (pipe_) {
+        RUN(test_count_answers_with_real_numbers);
+        RUN(test_list_renders_table);
+        RUN(test_local_read_executes);
+        RUN(test_remote_read_fails_honestly);
+        RUN(test_change_waits_for_approval);
+        RUN(test_levels_by_risk_and_environment);
+        RUN(test_viewer_refused);
+        RUN(test_clarify_unknown_help);
+        RUN(test_audit_chain_holds);
+    }
+    bt_pipeline_free(pipe_);
+    bt_config_free(cfg);
+    char cmd[600];
+    bt_fmt(cmd, sizeof cmd, "%s/baton.db", dir);
+    unlink(cmd);
+    bt_fmt(cmd, sizeof cmd, "%s/baton.db-wal", dir);
+    unlink(cmd);
+    bt_fmt(cmd, sizeof cmd, "%s/baton.db-shm", dir);
+    unlink(cmd);
+    rmdir(dir);
+    return bt_test_finish();
+}
