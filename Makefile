@@ -7,12 +7,12 @@ BUILD_TEST ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 BATON      := $(BUILD)/bot/baton
 
-PKGS := build-essential cmake pkg-config clang-format git \
+PKGS := build-essential cmake pkg-config clang-format git valgrind \
         libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev \
         libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build run test test-build format format-check bench clean
+.PHONY: all deps build run test test-build format format-check bench clean valgrind
 
 all: build
 
@@ -39,8 +39,10 @@ test-build: deps
 	cmake -S . -B $(BUILD_TEST) -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=ON >/dev/null
 	cmake --build $(BUILD_TEST) -j $(JOBS)
 
+# Sanitizer build first (ASan+UBSan), then the same suite under valgrind.
 test: test-build format-check
 	cd $(BUILD_TEST) && ctest --output-on-failure -j $(JOBS) --timeout 300
+	$(MAKE) --no-print-directory valgrind
 
 SOURCES = $(shell git ls-files -co --exclude-standard -- '*.c' '*.h' 2>/dev/null)
 
@@ -59,3 +61,12 @@ bench: deps
 
 clean:
 	rm -rf $(BUILD) $(BUILD_TEST) $(BUILD_BENCH)
+
+# The whole suite under valgrind (no sanitizers): every test must be free of
+# memory errors and leaks.
+BUILD_VG ?= build-vg
+
+valgrind: deps
+	cmake -S . -B $(BUILD_VG) -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=OFF -DBATON_VALGRIND=ON >/dev/null
+	cmake --build $(BUILD_VG) -j $(JOBS)
+	cd $(BUILD_VG) && ctest --output-on-failure -j $(JOBS) --timeout 900

@@ -73,7 +73,10 @@ static void render_assets(bt_buf *b, const json_t *assets)
         for (char *p = up; *p; p++)
             if (*p >= 'a' && *p <= 'z')
                 *p = (char)(*p - 'a' + 'A');
-        bt_buf_printf(b, "%-*s%s", (int)widths[c], up, c + 1 < ncol ? "  " : "\n");
+        if (c + 1 < ncol)
+            bt_buf_printf(b, "%-*s  ", (int)widths[c], up);
+        else
+            bt_buf_printf(b, "%s\n", up);
         free(up);
     }
     json_array_foreach(assets, i, a)
@@ -82,9 +85,12 @@ static void render_assets(bt_buf *b, const json_t *assets)
             bt_buf_printf(b, "... and %zu more\n", json_array_size(assets) - TABLE_MAX_ROWS);
             break;
         }
-        for (size_t c = 0; c < ncol; c++)
-            bt_buf_printf(b, "%-*s%s", (int)widths[c], str(a, table_columns[c]),
-                          c + 1 < ncol ? "  " : "\n");
+        for (size_t c = 0; c < ncol; c++) {
+            if (c + 1 < ncol)
+                bt_buf_printf(b, "%-*s  ", (int)widths[c], str(a, table_columns[c]));
+            else
+                bt_buf_printf(b, "%s\n", str(a, table_columns[c]));
+        }
     }
 }
 
@@ -132,8 +138,11 @@ static void render_step(bt_buf *b, const json_t *plan_step, const json_t *rec, b
         bt_buf_printf(b, "- %s%s%s %s: %s\n", tool, *target ? " on " : "", target,
                       strcmp(state, "timed_out") == 0 ? "timed out" : "failed",
                       err ? err : "no reason given");
+        /* The error often quotes stderr already; show it only when not. */
         const char *se = json_string_value(json_object_get(res, "stderr"));
-        if (se && *se)
+        size_t first = se ? strcspn(se, "\n") : 0;
+        bool quoted = se && err && first > 0 && memmem(err, strlen(err), se, first) != NULL;
+        if (se && *se && !quoted)
             bt_buf_printf(b, "%s%s", se, se[strlen(se) - 1] == '\n' ? "" : "\n");
         return;
     }

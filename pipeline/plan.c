@@ -271,7 +271,7 @@ enum bt_plan_outcome bt_plan_build(const bt_tools *tools, const json_t *intent,
             bt_buf_printf(&sum, " and %zu more", json_array_size(tlist) - 8);
             break;
         }
-        bt_buf_printf(&sum, "%s%s", i ? ", " : " on ",
+        bt_buf_printf(&sum, "%s%s", i ? ", " : ": ",
                       json_string_value(json_object_get(asset, "name")));
     }
     *plan =

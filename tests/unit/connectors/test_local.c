@@ -368,7 +368,10 @@ static void test_child_environment(void)
     void (*old_pipe)(int) = signal(SIGPIPE, SIG_IGN);
     CHECK_INT(run("signals", NULL, NULL, &res, err), BT_OK);
     CHECK(strstr(out_of(res), "SigBlk:\t0000000000000000\n") != NULL);
-    CHECK(strstr(out_of(res), "SigIgn:\t0000000000000000\n") != NULL);
+    /* valgrind's fork keeps its own ignored signals past exec; the reset
+     * is checked in the plain and sanitizer runs. */
+    if (!getenv("BATON_UNDER_VALGRIND"))
+        CHECK(strstr(out_of(res), "SigIgn:\t0000000000000000\n") != NULL);
     json_decref(res);
     signal(SIGPIPE, old_pipe);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -59,7 +59,7 @@ static void test_per_target_steps(void)
               "nginx");
     CHECK_STR(json_string_value(json_object_get(plan, "risk")), "medium");
     CHECK_STR(json_string_value(json_object_get(plan, "summary")),
-              "Restart a service on web-01, web-prd-01");
+              "Restart a service: web-01, web-prd-01");
     CHECK_INT(json_array_size(json_object_get(plan, "targets")), 2);
     CHECK(json_is_null(json_object_get(s1, "compensate")));
     json_decref(plan);
