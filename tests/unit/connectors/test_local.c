@@ -368,10 +368,17 @@ static void test_child_environment(void)
     void (*old_pipe)(int) = signal(SIGPIPE, SIG_IGN);
     CHECK_INT(run("signals", NULL, NULL, &res, err), BT_OK);
     CHECK(strstr(out_of(res), "SigBlk:\t0000000000000000\n") != NULL);
-    /* valgrind's fork keeps its own ignored signals past exec; the reset
-     * is checked in the plain and sanitizer runs. */
-    if (!getenv("BATON_UNDER_VALGRIND"))
-        CHECK(strstr(out_of(res), "SigIgn:\t0000000000000000\n") != NULL);
+    /* Signals 32 and 33 belong to glibc (thread cancellation, setxid):
+     * sigaction refuses to touch them, so an ignored state inherited from
+     * whoever started the test suite stays; every other signal must be
+     * back to its default. valgrind's fork keeps its own ignored signals
+     * past exec; the reset is checked in the plain and sanitizer runs. */
+    if (!getenv("BATON_UNDER_VALGRIND")) {
+        const char *ign = strstr(out_of(res), "SigIgn:\t");
+        unsigned long long mask = ign ? strtoull(ign + 8, NULL, 16) : ~0ULL;
+        mask &= ~((1ULL << 31) | (1ULL << 32));
+        CHECK_MSG(mask == 0, "%s", out_of(res));
+    }
     json_decref(res);
     signal(SIGPIPE, old_pipe);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
