@@ -6,6 +6,8 @@
  *   ask [--as USER] [--json] TEXT...    handle one request (A-E) and print the answer
  *   explain [--as USER] [--json] TEXT... stages A-D only: nothing runs, nothing is stored
  *   check                               validate the configuration and the store
+ *   audit [--since WHEN] [--json] [--verify]  export or verify the audit log
+ *   status EXECUTION [--json]           an execution and its steps
  *   version
  *
  * Exit codes are documented in docs/cli.md and never renumbered.
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bot/conf.h"
@@ -32,6 +35,7 @@ enum exit_code {
     EXIT_UNKNOWN = 6,   /* baton cannot handle the request */
     EXIT_REFUSED = 7,   /* refused: policy, or a value that failed validation */
     EXIT_EXEC_FAIL = 8, /* the plan ran and a step failed */
+    EXIT_TAMPERED = 9,  /* the audit log's hash chain is broken */
 };
 
 #define MAX_TEXT 4096
@@ -52,11 +56,16 @@ static void usage(FILE *out)
           "  ask [--as USER] [--json] TEXT...      handle a request and print the answer\n"
           "  explain [--as USER] [--json] TEXT...  show stages A-D; nothing runs\n"
           "  check                                 validate configuration and store\n"
+          "  audit [--since WHEN] [--json]         export the audit log (WHEN: 2026-11-23,\n"
+          "                                        2026-11-23T17:00:00Z, or 30m, 12h, 7d ago)\n"
+          "  audit --verify                        check the audit log's hash chain\n"
+          "  status EXECUTION [--json]             show an execution and its steps\n"
           "  version                               print the version\n"
           "\n"
           "--config defaults to $BATON_CONFIG, else ./config, else /etc/baton.\n"
           "Exit codes: 0 answered, 1 error, 2 usage, 3 bad configuration, 4 waiting for\n"
-          "approval, 5 needs clarification, 6 unknown request, 7 refused, 8 execution failed.\n",
+          "approval, 5 needs clarification, 6 unknown request, 7 refused, 8 execution failed,\n"
+          "9 audit log tampered with.\n",
           out);
 }
 
@@ -182,7 +191,7 @@ static int cmd_request(const struct options *o, bool execute, const char *text)
     json_t *r =
         execute ? bt_pipeline_handle(p, text, user, "cli") : bt_pipeline_explain(p, text, user);
     if (o->json) {
-        char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
         if (s)
             puts(s);
         free(s);
@@ -197,6 +206,193 @@ static int cmd_request(const struct options *o, bool execute, const char *text)
     bt_diag_free(d);
     free(dir);
     return rc;
+}
+
+/* The store named by --store, else by the configuration. Prints why not. */
+static bt_store *open_store(const struct options *o)
+{
+    bt_diag *d = bt_diag_new();
+    char *dir = NULL;
+    bt_config *cfg = o->store ? NULL : load_config(o, d, &dir);
+    const char *loc = o->store ? o->store : json_string_value(bt_config_get(cfg, "store.location"));
+    if (!loc)
+        loc = "var/baton.db";
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    if (bt_store_open(loc, &st, err, sizeof err) != BT_OK) {
+        fprintf(stderr, "baton: %s\n", err);
+        st = NULL;
+    }
+    bt_config_free(cfg);
+    bt_diag_free(d);
+    free(dir);
+    return st;
+}
+
+/* --since: an ISO date or time (UTC), or a duration ago ("30m", "12h", "7d").
+ * Returns false on anything else. */
+static bool parse_since(const char *s, int64_t *out_ms)
+{
+    size_t len = strlen(s);
+    if (len >= 2 && len < 12 && (s[len - 1] == 'm' || s[len - 1] == 'h' || s[len - 1] == 'd')) {
+        char num[12];
+        memcpy(num, s, len - 1);
+        num[len - 1] = '\0';
+        long n;
+        if (!bt_parse_long(num, 0, 100000, &n))
+            return false;
+        int64_t unit = s[len - 1] == 'm' ? 60000 : s[len - 1] == 'h' ? 3600000 : 86400000;
+        *out_ms = bt_wall_ms() - (int64_t)n * unit;
+        return true;
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!end) {
+        memset(&tm, 0, sizeof tm);
+        end = strptime(s, "%Y-%m-%d", &tm);
+    }
+    if (!end || (*end && strcmp(end, "Z") != 0))
+        return false;
+    *out_ms = (int64_t)timegm(&tm) * 1000;
+    return true;
+}
+
+static int cmd_audit(const struct options *o, int argc, char **argv, int i)
+{
+    bool verify = false, json = false;
+    int64_t since = 0;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--verify") == 0) {
+            verify = true;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else if (strcmp(argv[i], "--since") == 0 && i + 1 < argc) {
+            if (!parse_since(argv[++i], &since)) {
+                fprintf(stderr,
+                        "baton audit: --since takes 2026-11-23, 2026-11-23T17:00:00Z, "
+                        "30m, 12h or 7d, not '%s'\n",
+                        argv[i]);
+                return EXIT_USAGE;
+            }
+        } else {
+            fprintf(stderr, "baton audit: unknown argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    bt_store *st = open_store(o);
+    if (!st)
+        return EXIT_CONFIG;
+    char err[BT_ERRLEN];
+    int rc = EXIT_ANSWERED;
+    if (verify) {
+        long long n = 0;
+        enum bt_err e = bt_store_audit_verify(st, &n, err, sizeof err);
+        if (e == BT_OK) {
+            printf("audit log: %lld entries, hash chain intact\n", n);
+        } else {
+            fprintf(stderr, "audit log: %s\n", err);
+            rc = e == BT_ECORRUPT ? EXIT_TAMPERED : EXIT_FAILURE_;
+        }
+        bt_store_close(st);
+        return rc;
+    }
+    /* Page through in bounded batches so a long log never sits in memory
+     * whole; each batch starts after the last entry printed. */
+    long long printed = 0;
+    for (int batch = 0; batch < 100000; batch++) {
+        json_t *list = NULL;
+        if (bt_store_audit_list(st, since, 1000, &list, err, sizeof err) != BT_OK) {
+            fprintf(stderr, "baton audit: %s\n", err);
+            rc = EXIT_FAILURE_;
+            break;
+        }
+        size_t k;
+        json_t *e;
+        long long last_seq = -1;
+        int64_t last_ts = since;
+        json_array_foreach(list, k, e)
+        {
+            long long seq = json_integer_value(json_object_get(e, "seq"));
+            if (seq <= printed) /* entries of the same ms seen in the last batch */
+                continue;
+            if (json) {
+                char *line = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+                if (line)
+                    puts(line);
+                free(line);
+            } else {
+                char ts[40];
+                bt_iso8601(json_integer_value(json_object_get(e, "ts_ms")), ts, sizeof ts);
+                char *detail =
+                    json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
+                printf("%6lld  %s  %-10s  %-20s  %s\n", seq, ts,
+                       json_string_value(json_object_get(e, "actor")),
+                       json_string_value(json_object_get(e, "event")), detail ? detail : "");
+                free(detail);
+            }
+            printed = seq;
+            last_seq = seq;
+            last_ts = json_integer_value(json_object_get(e, "ts_ms"));
+        }
+        size_t got = json_array_size(list);
+        json_decref(list);
+        if (got < 1000 || last_seq < 0)
+            break;
+        since = last_ts;
+    }
+    bt_store_close(st);
+    return rc;
+}
+
+static int cmd_status(const struct options *o, int argc, char **argv, int i)
+{
+    bool json = false;
+    const char *id = NULL;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (!id)
+            id = argv[i];
+        else {
+            fprintf(stderr, "baton status: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!id) {
+        fprintf(stderr, "baton status: which execution? (its id is in the answer to ask)\n");
+        return EXIT_USAGE;
+    }
+    bt_store *st = open_store(o);
+    if (!st)
+        return EXIT_CONFIG;
+    char err[BT_ERRLEN];
+    json_t *ex = NULL;
+    enum bt_err e = bt_store_execution_get(st, id, &ex, err, sizeof err);
+    bt_store_close(st);
+    if (e != BT_OK) {
+        fprintf(stderr, "baton status: %s\n", e == BT_ENOENT ? "no such execution" : err);
+        return e == BT_ENOENT ? EXIT_REFUSED : EXIT_FAILURE_;
+    }
+    if (json) {
+        char *s = json_dumps(ex, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        printf("execution %s: %s\n", id, json_string_value(json_object_get(ex, "state")));
+        size_t k;
+        json_t *step;
+        json_array_foreach(json_object_get(ex, "steps"), k, step)
+        {
+            printf("  %lld. %-20s %s\n",
+                   (long long)json_integer_value(json_object_get(step, "index")) + 1,
+                   json_string_value(json_object_get(step, "tool")),
+                   json_string_value(json_object_get(step, "state")));
+        }
+    }
+    json_decref(ex);
+    return EXIT_ANSWERED;
 }
 
 int main(int argc, char **argv)
@@ -251,6 +447,10 @@ int main(int argc, char **argv)
         }
         return cmd_check(&o);
     }
+    if (strcmp(cmd, "audit") == 0)
+        return cmd_audit(&o, argc, argv, i);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(&o, argc, argv, i);
     if (strcmp(cmd, "ask") == 0 || strcmp(cmd, "explain") == 0) {
         for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
             if (strcmp(argv[i], "--json") == 0) {
