@@ -641,7 +641,7 @@ json_t *bt_config_get(const bt_config *cfg, const char *dotted)
 
 /* ---- checking helpers --------------------------------------------------- */
 
-static const char *type_name(const json_t *v)
+const char *bt_conf_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -673,7 +673,7 @@ static json_t *check_typed(bt_diag *d, const bt_yaml_doc *doc, const json_t *obj
         return NULL;
     }
     if (json_typeof(v) != want) {
-        bt_diag_at(d, doc, obj, key, "must be %s, found %s", want_name, type_name(v));
+        bt_diag_at(d, doc, obj, key, "must be %s, found %s", want_name, bt_conf_type_name(v));
         return NULL;
     }
     return v;

@@ -106,6 +106,10 @@ json_t *bt_check_object(bt_diag *d, const bt_yaml_doc *doc, const json_t *obj, c
  * leaves *out alone when absent and optional. */
 bool bt_check_int(bt_diag *d, const bt_yaml_doc *doc, const json_t *obj, const char *key,
                   bool required, long long min, long long max, long long *out);
+/* How a value's type reads in a message: "a mapping", "a list", "a string",
+ * "an integer", "a number", "a boolean", "empty". */
+const char *bt_conf_type_name(const json_t *v);
+
 /* Report keys of obj not in the NULL-terminated allowed list ("unknown key"). */
 void bt_check_keys(bt_diag *d, const bt_yaml_doc *doc, const json_t *obj,
                    const char *const *allowed);

@@ -37,28 +37,6 @@ static void inv_diag(struct inv_ctx *x, const json_t *asset, size_t i, const cha
     x->ok = false;
 }
 
-static const char *type_word(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "a mapping";
-    case JSON_ARRAY:
-        return "a list";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "empty";
-    }
-    return "something else";
-}
-
 /* Characters allowed in a field: a small class language, enough for names. */
 static bool chars_ok(const char *s, const char *extra)
 {
@@ -105,7 +83,7 @@ static const char *req_string(struct inv_ctx *x, const json_t *a, size_t i, cons
         return NULL;
     }
     if (!json_is_string(v)) {
-        inv_diag(x, a, i, key, "must be a string (quote it), found %s", type_word(v));
+        inv_diag(x, a, i, key, "must be a string (quote it), found %s", bt_conf_type_name(v));
         return NULL;
     }
     if (json_string_length(v) == 0) {
@@ -144,7 +122,7 @@ static void req_int(struct inv_ctx *x, const json_t *a, size_t i, const char *ke
         return;
     }
     if (!json_is_integer(v)) {
-        inv_diag(x, a, i, key, "must be an integer, found %s", type_word(v));
+        inv_diag(x, a, i, key, "must be an integer, found %s", bt_conf_type_name(v));
         return;
     }
     long long n = json_integer_value(v);
@@ -163,7 +141,7 @@ static void string_list(struct inv_ctx *x, const json_t *a, size_t i, const char
         return;
     }
     if (!json_is_array(v)) {
-        inv_diag(x, a, i, key, "must be a list, found %s", type_word(v));
+        inv_diag(x, a, i, key, "must be a list, found %s", bt_conf_type_name(v));
         return;
     }
     if (json_array_size(v) > INV_MAX_LIST) {
@@ -176,7 +154,7 @@ static void string_list(struct inv_ctx *x, const json_t *a, size_t i, const char
         char sub[64];
         bt_fmt(sub, sizeof sub, "%s[%zu]", key, k);
         if (!s) {
-            inv_diag(x, a, i, key, "%s must be a string, found %s", sub, type_word(e));
+            inv_diag(x, a, i, key, "%s must be a string, found %s", sub, bt_conf_type_name(e));
             continue;
         }
         if (!*s || strlen(s) > 64 || !is_alnum(s[0]) || !chars_ok(s, extra))
@@ -239,10 +217,10 @@ static void check_asset(struct inv_ctx *x, const json_t *a, size_t i)
                 "a service name (letters, digits, '@', '.', '_' or '-')");
     json_t *desc = json_object_get(a, "description");
     if (desc && !json_is_string(desc))
-        inv_diag(x, a, i, "description", "must be a string, found %s", type_word(desc));
+        inv_diag(x, a, i, "description", "must be a string, found %s", bt_conf_type_name(desc));
     json_t *owner = json_object_get(a, "owner");
     if (owner && !json_is_string(owner))
-        inv_diag(x, a, i, "owner", "must be a string, found %s", type_word(owner));
+        inv_diag(x, a, i, "owner", "must be a string, found %s", bt_conf_type_name(owner));
 }
 
 /* Report a value of `key` that an earlier asset already has. Case is
@@ -296,7 +274,7 @@ json_t *bt_connectors_inventory(const bt_config *cfg, bt_diag *d)
             char name[64];
             bt_fmt(name, sizeof name, "assets[%zu]", i);
             bt_diag_add(d, bt_yaml_name(doc), bt_yaml_line(doc, a), name,
-                        "must be a mapping, found %s", type_word(a));
+                        "must be a mapping, found %s", bt_conf_type_name(a));
             x.ok = false;
             continue;
         }
