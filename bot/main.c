@@ -6,12 +6,18 @@
  *   ask [--as USER] [--json] TEXT...    handle one request (A-E) and print the answer
  *   explain [--as USER] [--json] TEXT... stages A-D only: nothing runs, nothing is stored
  *   check                               validate the configuration and the store
+ *   approvals [--json]                  approvals waiting for a decision
+ *   approve ID [--step N] [--token T] [--as USER]   approve (or release step N)
+ *   deny ID [--as USER]                 deny: nothing of the plan runs
+ *   cancel ID [--as USER]               the requester withdraws the request
+ *   worker [--once]                     run background executions and approval timers
  *   audit [--since WHEN] [--json] [--verify]  export or verify the audit log
  *   status EXECUTION [--json]           an execution and its steps
  *   version
  *
  * Exit codes are documented in docs/cli.md and never renumbered.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +62,11 @@ static void usage(FILE *out)
           "  ask [--as USER] [--json] TEXT...      handle a request and print the answer\n"
           "  explain [--as USER] [--json] TEXT...  show stages A-D; nothing runs\n"
           "  check                                 validate configuration and store\n"
+          "  approvals [--json]                    approvals waiting for a decision\n"
+          "  approve ID [--step N] [--as USER]     approve a plan, or release step N (level 3)\n"
+          "  deny ID [--as USER]                   deny: nothing of the plan runs\n"
+          "  cancel ID [--as USER]                 withdraw your own pending request\n"
+          "  worker [--once]                       run queued executions, expire and remind\n"
           "  audit [--since WHEN] [--json]         export the audit log (WHEN: 2026-11-23,\n"
           "                                        2026-11-23T17:00:00Z, or 30m, 12h, 7d ago)\n"
           "  audit --verify                        check the audit log's hash chain\n"
@@ -105,6 +116,7 @@ static int exit_for(const json_t *r)
     if (err && strcmp(err, "execution_failed") == 0)
         return EXIT_EXEC_FAIL;
     if (err && (strcmp(err, "denied") == 0 || strcmp(err, "invalid_value") == 0 ||
+                strcmp(err, "refused") == 0 || strcmp(err, "asset_busy") == 0 ||
                 strcmp(err, "invalid_input") == 0))
         return EXIT_REFUSED;
     return EXIT_FAILURE_;
@@ -165,7 +177,8 @@ static int cmd_check(const struct options *o)
     return rc;
 }
 
-static int cmd_request(const struct options *o, bool execute, const char *text)
+/* Open configuration and pipeline for a command; prints problems. */
+static bt_pipeline *open_pipeline(const struct options *o, bt_config **cfg_out)
 {
     bt_diag *d = bt_diag_new();
     char *dir = NULL;
@@ -179,18 +192,35 @@ static int cmd_request(const struct options *o, bool execute, const char *text)
         print_diag(d);
         fputs("Run `baton check` after fixing them.\n", stderr);
         bt_config_free(cfg);
-        bt_diag_free(d);
-        free(dir);
-        return EXIT_CONFIG;
+        cfg = NULL;
     }
-    const char *user = o->as_user;
-    if (!o->as_given) {
-        const char *def = json_string_value(bt_config_get(cfg, "cli.default_user"));
-        user = def;
-    }
-    json_t *r =
-        execute ? bt_pipeline_handle(p, text, user, "cli") : bt_pipeline_explain(p, text, user);
-    if (o->json) {
+    bt_diag_free(d);
+    free(dir);
+    *cfg_out = cfg;
+    return p;
+}
+
+static const char *acting_user(const struct options *o, const bt_config *cfg)
+{
+    if (o->as_given)
+        return o->as_user;
+    return json_string_value(bt_config_get(cfg, "cli.default_user"));
+}
+
+/* Tell the user what happened while they were away (interrupted runs). */
+static void print_notices(bt_pipeline *p, const char *user)
+{
+    json_t *list = bt_pipeline_notices(p, user);
+    size_t i;
+    json_t *n;
+    json_array_foreach(list, i, n)
+        fprintf(stderr, "Notice: %s\n", json_string_value(json_object_get(n, "text")));
+    json_decref(list);
+}
+
+static void print_response(const json_t *r, bool json)
+{
+    if (json) {
         char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
         if (s)
             puts(s);
@@ -199,13 +229,141 @@ static int cmd_request(const struct options *o, bool execute, const char *text)
         const char *t = json_string_value(json_object_get(r, "text"));
         puts(t ? t : "");
     }
+}
+
+static int cmd_request(const struct options *o, bool execute, const char *text)
+{
+    bt_config *cfg = NULL;
+    bt_pipeline *p = open_pipeline(o, &cfg);
+    if (!p)
+        return EXIT_CONFIG;
+    const char *user = acting_user(o, cfg);
+    print_notices(p, user);
+    json_t *r =
+        execute ? bt_pipeline_handle(p, text, user, "cli") : bt_pipeline_explain(p, text, user);
+    print_response(r, o->json);
     int rc = exit_for(r);
     json_decref(r);
     bt_pipeline_free(p);
     bt_config_free(cfg);
-    bt_diag_free(d);
-    free(dir);
     return rc;
+}
+
+/* approve / deny / cancel */
+static int cmd_decide(struct options *o, const char *cmd, int argc, char **argv, int i)
+{
+    const char *id = NULL, *token = NULL;
+    long step = 0; /* 1-based on the command line; 0 = the whole plan */
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            o->json = true;
+        } else if (strcmp(argv[i], "--as") == 0 && i + 1 < argc) {
+            o->as_user = argv[++i];
+            o->as_given = true;
+        } else if (strcmp(argv[i], "--step") == 0 && i + 1 < argc && strcmp(cmd, "approve") == 0) {
+            if (!bt_parse_long(argv[++i], 1, 10000, &step)) {
+                fprintf(stderr, "baton approve: --step takes a step number (1, 2, ...)\n");
+                return EXIT_USAGE;
+            }
+        } else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) {
+            token = argv[++i];
+        } else if (argv[i][0] != '-' && !id) {
+            id = argv[i];
+        } else {
+            fprintf(stderr, "baton %s: unexpected argument '%s'\n", cmd, argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!id && !token) {
+        fprintf(stderr, "baton %s: which approval? (`baton approvals` lists them)\n", cmd);
+        return EXIT_USAGE;
+    }
+    bt_config *cfg = NULL;
+    bt_pipeline *p = open_pipeline(o, &cfg);
+    if (!p)
+        return EXIT_CONFIG;
+    const char *user = acting_user(o, cfg);
+    print_notices(p, user);
+    json_t *r;
+    if (!user)
+        r = json_pack("{s:s, s:s, s:s}", "kind", "error", "error", "refused", "text",
+                      "who are you? say --as USER");
+    else if (strcmp(cmd, "cancel") == 0)
+        r = bt_pipeline_cancel(p, id, user, "cli");
+    else
+        r = bt_pipeline_decide(p, id, user, strcmp(cmd, "deny") == 0 ? "deny" : "approve",
+                               (int)step - 1, "cli", token);
+    print_response(r, o->json);
+    int rc = exit_for(r);
+    json_decref(r);
+    bt_pipeline_free(p);
+    bt_config_free(cfg);
+    return rc;
+}
+
+static void print_pending(const json_t *list)
+{
+    if (json_array_size(list) == 0) {
+        puts("No approvals are waiting.");
+        return;
+    }
+    size_t i;
+    json_t *a;
+    int64_t now = bt_wall_ms();
+    json_array_foreach(list, i, a)
+    {
+        long long left = (json_integer_value(json_object_get(a, "expires_ms")) - now) / 1000;
+        if (left < 0)
+            left = 0;
+        printf("%s  level %lld  %-9s  requested by %s  expires in %lldm%02llds  plan %.12s\n",
+               json_string_value(json_object_get(a, "approval_id")),
+               (long long)json_integer_value(json_object_get(a, "level")),
+               json_string_value(json_object_get(a, "state")),
+               json_string_value(json_object_get(a, "requester")), left / 60, left % 60,
+               json_string_value(json_object_get(a, "plan_hash")));
+        json_t *next = json_object_get(a, "next_step");
+        if (json_is_integer(next))
+            printf("    step %lld waits for release\n", (long long)json_integer_value(next) + 1);
+        printf("    may decide:");
+        size_t k;
+        json_t *u;
+        json_array_foreach(json_object_get(a, "may_decide"), k, u)
+            printf("%s %s", k ? "," : "", json_string_value(u));
+        printf("%s\n", json_array_size(json_object_get(a, "may_decide")) ? "" : " nobody");
+    }
+}
+
+static int cmd_approvals(struct options *o, int argc, char **argv, int i)
+{
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            o->json = true;
+        } else {
+            fprintf(stderr, "baton approvals: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    bt_config *cfg = NULL;
+    bt_pipeline *p = open_pipeline(o, &cfg);
+    if (!p)
+        return EXIT_CONFIG;
+    /* Expire what is due first, so the list shows what can still be
+     * decided. */
+    json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
+    json_decref(events);
+    json_t *list = bt_pipeline_pending(p);
+    if (o->json) {
+        char *s = json_dumps(list, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        print_pending(list);
+    }
+    json_decref(list);
+    bt_pipeline_free(p);
+    bt_config_free(cfg);
+    return EXIT_ANSWERED;
 }
 
 /* The store named by --store, else by the configuration. Prints why not. */
@@ -368,6 +526,7 @@ static int cmd_status(const struct options *o, int argc, char **argv, int i)
         return EXIT_CONFIG;
     char err[BT_ERRLEN];
     json_t *ex = NULL;
+    bt_pipeline_recover(st);
     enum bt_err e = bt_store_execution_get(st, id, &ex, err, sizeof err);
     bt_store_close(st);
     if (e != BT_OK) {
@@ -392,6 +551,62 @@ static int cmd_status(const struct options *o, int argc, char **argv, int i)
         }
     }
     json_decref(ex);
+    return EXIT_ANSWERED;
+}
+
+/* Set by SIGTERM/SIGINT so `baton worker` finishes the job in hand and
+ * stops: a signal handler can only set a flag, hence the one static. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int cmd_worker(struct options *o, int argc, char **argv, int i)
+{
+    bool once = false;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--once") == 0) {
+            once = true;
+        } else {
+            fprintf(stderr, "baton worker: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    bt_config *cfg = NULL;
+    bt_pipeline *p = open_pipeline(o, &cfg);
+    if (!p)
+        return EXIT_CONFIG;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    bt_log(BT_LOG_INFO, "worker", NULL, "worker started (pid %d)", (int)getpid());
+    while (!stop_requested) {
+        json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
+        size_t k;
+        json_t *ev;
+        json_array_foreach(events, k, ev)
+        {
+            bt_log(BT_LOG_INFO, "worker", NULL, "approval %s: %s",
+                   json_string_value(json_object_get(ev, "approval_id")),
+                   json_string_value(json_object_get(ev, "type")));
+        }
+        json_decref(events);
+        int did = bt_pipeline_worker_once(p);
+        if (once)
+            break;
+        if (!did) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL); /* a signal cuts it short */
+        }
+    }
+    bt_log(BT_LOG_INFO, "worker", NULL, "worker stopped");
+    bt_pipeline_free(p);
+    bt_config_free(cfg);
     return EXIT_ANSWERED;
 }
 
@@ -449,6 +664,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "audit") == 0)
         return cmd_audit(&o, argc, argv, i);
+    if (strcmp(cmd, "worker") == 0)
+        return cmd_worker(&o, argc, argv, i);
+    if (strcmp(cmd, "approvals") == 0)
+        return cmd_approvals(&o, argc, argv, i);
+    if (strcmp(cmd, "approve") == 0 || strcmp(cmd, "deny") == 0 || strcmp(cmd, "cancel") == 0)
+        return cmd_decide(&o, cmd, argc, argv, i);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(&o, argc, argv, i);
     if (strcmp(cmd, "ask") == 0 || strcmp(cmd, "explain") == 0) {

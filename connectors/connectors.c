@@ -22,6 +22,8 @@ struct connector {
     char *name;
     const struct bt_connectors__ops *ops;
     void *state;
+    /* Shared by every thread that invokes this connector; locks itself. */
+    struct bt_connectors__breaker *breaker;
 };
 
 struct bt_connectors {
@@ -212,6 +214,7 @@ bt_connectors *bt_connectors_new(const bt_config *cfg, const char *store_locatio
         c->items[c->count].name = bt_strdup(name);
         c->items[c->count].ops = ops;
         c->items[c->count].state = state;
+        c->items[c->count].breaker = bt_connectors__breaker_new(name, 0, 0, NULL, NULL);
         c->count++;
     }
     if (!ok) {
@@ -227,6 +230,7 @@ void bt_connectors_free(bt_connectors *c)
         return;
     for (size_t i = 0; i < c->count; i++) {
         c->items[i].ops->free(c->items[i].state);
+        bt_connectors__breaker_free(c->items[i].breaker);
         free(c->items[i].name);
     }
     free(c->items);
@@ -291,8 +295,38 @@ enum bt_err bt_connectors_invoke(bt_connectors *c, const json_t *tool, const jso
         bt_fmt(err, errlen, "inputs must be an object");
         return BT_EINVAL;
     }
-    enum bt_err e = k->ops->invoke(k->state, tool, inputs, target, result, err, errlen);
+    /* The breaker sits between every caller and the connector: while it is
+     * open nothing reaches the service, and every outcome is counted. */
+    struct bt_connectors__ticket ticket;
+    enum bt_err e = bt_connectors__breaker_enter(k->breaker, &ticket, err, errlen);
+    if (e != BT_OK)
+        return e;
+    e = k->ops->invoke(k->state, tool, inputs, target, result, err, errlen);
+    bt_connectors__breaker_leave(k->breaker, &ticket, e);
     if (e != BT_OK && errlen && !err[0])
         bt_fmt(err, errlen, "%s", bt_strerror(e));
     return e;
+}
+
+void bt_connectors_set_breaker(bt_connectors *c, int failures, int cooldown_s)
+{
+    for (size_t i = 0; c && i < c->count; i++)
+        bt_connectors__breaker_configure(c->items[i].breaker, failures,
+                                         cooldown_s > 0 ? (int64_t)cooldown_s * 1000 : 0);
+}
+
+json_t *bt_connectors_breakers(bt_connectors *c)
+{
+    json_t *out = json_array();
+    for (size_t i = 0; c && i < c->count; i++) {
+        struct bt_connectors__breaker_info info;
+        bt_connectors__breaker_info(c->items[i].breaker, &info);
+        json_array_append_new(out, json_pack("{s:s, s:s, s:i, s:i, s:I, s:I}", "connector",
+                                             c->items[i].name, "state",
+                                             bt_connectors__breaker_state_name(info.state),
+                                             "failures", info.failures, "threshold", info.threshold,
+                                             "times_opened", (json_int_t)info.times_opened,
+                                             "retry_in_ms", (json_int_t)info.retry_in_ms));
+    }
+    return out;
 }

@@ -97,4 +97,25 @@ bool bt_connectors_check_tool(const bt_connectors *c, const bt_yaml_doc *doc, co
 enum bt_err bt_connectors_invoke(bt_connectors *c, const json_t *tool, const json_t *inputs,
                                  const json_t *target, json_t **result, char *err, size_t errlen);
 
+/* ---- circuit breakers ------------------------------------------------------
+ * Every connector has one. bt_connectors_invoke counts consecutive transient
+ * failures (BT_EUNAVAIL, BT_ETIMEOUT) per connector; after `failures` of them
+ * the circuit opens and calls fail at once with BT_EUNAVAIL and a message
+ * such as "connector 'local' is unavailable (circuit open after 5 failures;
+ * retrying in 27 s)". After cooldown_s one trial call is let through
+ * (half-open): success closes the circuit, a transient failure opens it for
+ * another cooldown. Any other outcome (success, a refused or failed command)
+ * resets the count. Defaults: 5 failures, 30 s. */
+
+/* Set every connector's breaker (values <= 0 keep the current setting).
+ * Thread-safe. */
+void bt_connectors_set_breaker(bt_connectors *c, int failures, int cooldown_s);
+
+/* The breakers' state, for /metrics and status pages: a new array of
+ * {connector, state ("closed" | "open" | "half_open"), failures (closed:
+ * consecutive so far; otherwise the count that opened it), threshold,
+ * times_opened, retry_in_ms (open: until the next trial call)}.
+ * Thread-safe. */
+json_t *bt_connectors_breakers(bt_connectors *c);
+
 #endif

@@ -68,4 +68,61 @@ bool bt_connectors__input_declared(const bt_yaml_doc *doc, const json_t *tool, c
 const char *bt_connectors__input_str(const json_t *inputs, const char *name, char *buf,
                                      size_t buflen);
 
+/* ---- circuit breaker (breaker.c) ------------------------------------------
+ * One per configured connector, owned by the registry; the state machine is
+ * described at the top of breaker.c. Thread-safe: all calls lock. */
+
+#define BT_CONNECTORS__BREAKER_FAILURES 5
+#define BT_CONNECTORS__BREAKER_COOLDOWN_MS 30000
+
+enum bt_connectors__breaker_state {
+    BT_CONNECTORS__BREAKER_CLOSED,
+    BT_CONNECTORS__BREAKER_OPEN,
+    BT_CONNECTORS__BREAKER_HALF_OPEN,
+};
+
+/* Milliseconds on a monotonic scale; injectable so tests need not sleep. */
+typedef int64_t (*bt_connectors__clock_fn)(void *ctx);
+
+struct bt_connectors__breaker;
+
+/* What a call that was let through must hand back to _leave. */
+struct bt_connectors__ticket {
+    bool probe;        /* this call is the half-open trial */
+    unsigned long gen; /* the breaker's generation when it entered */
+};
+
+struct bt_connectors__breaker_info {
+    enum bt_connectors__breaker_state state;
+    int failures;           /* closed: consecutive so far; else the count that opened it */
+    int threshold;          /* failures that open it */
+    long long times_opened; /* since creation */
+    int64_t retry_in_ms;    /* open: until the next call is let through; else 0 */
+};
+
+/* New breaker for connector `name` (copied in messages). failures <= 0 and
+ * cooldown_ms <= 0 mean the defaults above; clock NULL means bt_mono_ms. */
+struct bt_connectors__breaker *bt_connectors__breaker_new(const char *name, int failures,
+                                                          int64_t cooldown_ms,
+                                                          bt_connectors__clock_fn clock,
+                                                          void *clock_ctx);
+void bt_connectors__breaker_free(struct bt_connectors__breaker *b);
+/* Change the settings (values <= 0 keep the current one). */
+void bt_connectors__breaker_configure(struct bt_connectors__breaker *b, int failures,
+                                      int64_t cooldown_ms);
+/* Before a call: BT_OK (go ahead; *t filled in) or BT_EUNAVAIL with err
+ * naming the connector, why and when it will be tried again. */
+enum bt_err bt_connectors__breaker_enter(struct bt_connectors__breaker *b,
+                                         struct bt_connectors__ticket *t, char *err, size_t errlen);
+/* After a call that _enter let through: its result code. */
+void bt_connectors__breaker_leave(struct bt_connectors__breaker *b,
+                                  const struct bt_connectors__ticket *t, enum bt_err rc);
+/* True for the result codes that count as failures (BT_EUNAVAIL,
+ * BT_ETIMEOUT): the service did not answer. */
+bool bt_connectors__breaker_counts(enum bt_err rc);
+void bt_connectors__breaker_info(struct bt_connectors__breaker *b,
+                                 struct bt_connectors__breaker_info *out);
+/* "closed", "open", "half_open". */
+const char *bt_connectors__breaker_state_name(enum bt_connectors__breaker_state s);
+
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "approvals/approvals.h"
 #include "approvals/policy.h"
 #include "bot/log.h"
 #include "bot/store/store.h"
@@ -29,6 +30,9 @@ struct bt_pipeline {
     bt_tools *tools;
     bt_policy *policy;
     bt_connectors *conns;
+    bt_approvals *approvals;
+    struct bt_execute_config exec_conf;
+    bt_execute *exec;
 };
 
 /* Every step of every intent's plan must name a tool in tools.yaml and only
@@ -89,6 +93,7 @@ bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, b
     p->intents = bt_intents_new(cfg, p->assets ? p->assets : none, d);
     json_decref(none);
     p->policy = bt_policy_new(cfg, d);
+    bt_execute_config_read(cfg, &p->exec_conf, d);
     if (p->intents && p->tools)
         check_intent_plans(p, d);
     if (bt_diag_count(d) > before || !p->assets || !p->conns || !p->tools || !p->intents ||
@@ -110,6 +115,31 @@ bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, b
         bt_pipeline_free(p);
         return NULL;
     }
+    p->approvals = bt_approvals_new(p->store, p->policy, err, sizeof err);
+    if (!p->approvals) {
+        bt_diag_add(d, NULL, 0, NULL, "approvals: %s", err);
+        bt_pipeline_free(p);
+        return NULL;
+    }
+    bt_approvals_set_users(p->approvals, bt_config_get(cfg, "users"));
+    p->exec = bt_execute_new(&p->exec_conf, p->conns, p->tools, p->store, NULL, NULL);
+
+    /* A baton that died mid-step left executions running under a dead
+     * owner: they become interrupted (never re-run) and their requesters
+     * get a notification. */
+    json_t *recovered = bt_execute_recover(p->store, "baton", err, sizeof err);
+    if (!recovered)
+        bt_log(BT_LOG_ERROR, "pipeline", NULL, "recovery: %s", err);
+    size_t i2;
+    json_t *rec;
+    json_array_foreach(recovered, i2, rec)
+    {
+        bt_log(BT_LOG_WARN, "pipeline", NULL, "execution %s was %s after a crash: %s",
+               json_string_value(json_object_get(rec, "execution_id")),
+               json_string_value(json_object_get(rec, "state")),
+               json_string_value(json_object_get(rec, "message")));
+    }
+    json_decref(recovered);
     return p;
 }
 
@@ -117,6 +147,8 @@ void bt_pipeline_free(bt_pipeline *p)
 {
     if (!p)
         return;
+    bt_execute_free(p->exec);
+    bt_approvals_free(p->approvals);
     bt_store_close(p->store);
     bt_connectors_free(p->conns);
     bt_tools_free(p->tools);
@@ -313,6 +345,41 @@ static void audit(bt_pipeline *p, const char *rid, const char *actor, const char
     json_decref(detail);
 }
 
+/* Run execution exec_id of plan (all steps, or only step `only` when >= 0)
+ * and put the outcome into r: kind, text, data (tables), execution. */
+static void run_plan(bt_pipeline *p, json_t *r, const json_t *plan, const char *exec_id,
+                     const char *actor, int only)
+{
+    /* A released level-3 step runs now: the approver waits to see its
+     * result before releasing the next. */
+    json_t *exec =
+        bt_execute_run(p->exec, exec_id, only, only >= 0 ? BT_EXECUTE_NOW : BT_EXECUTE_AUTO, actor);
+    const char *state = json_string_value(json_object_get(exec, "state"));
+    const char *error = json_string_value(json_object_get(exec, "error"));
+    const char *message = json_string_value(json_object_get(exec, "message"));
+    if (error) {
+        json_object_set_new(r, "error", json_string(error));
+        set_text(r, "error", bt_asprintf("Nothing ran: %s", message ? message : error));
+    } else if (json_is_true(json_object_get(exec, "background"))) {
+        set_text(r, "answer",
+                 bt_asprintf("%s\nThis is estimated at %lld s, so it runs in the background. "
+                             "Follow it with: baton status %s",
+                             json_string_value(json_object_get(plan, "summary")),
+                             (long long)json_integer_value(json_object_get(exec, "estimate_s")),
+                             exec_id));
+    } else {
+        bool ok = json_is_true(json_object_get(exec, "paused")) ||
+                  (state && strcmp(state, "completed") == 0);
+        json_t *table = bt_answer_table(exec);
+        if (table)
+            json_object_set_new(r, "data", table);
+        set_text(r, ok ? "answer" : "error", bt_answer_results(plan, exec));
+        if (!ok)
+            json_object_set_new(r, "error", json_string("execution_failed"));
+    }
+    json_object_set_new(r, "execution", exec);
+}
+
 /* Record the plan and run it (level 0) or hold it for approval. */
 static void store_and_act(bt_pipeline *p, json_t *r, const char *rid, const char *actor)
 {
@@ -349,8 +416,15 @@ static void store_and_act(bt_pipeline *p, json_t *r, const char *rid, const char
         bt_random_id(approval_id);
         int64_t expires =
             bt_wall_ms() + 1000 * json_integer_value(json_object_get(approval, "expires_s"));
-        if (bt_store_approval_add(p->store, approval_id, plan_id, exec_id, level, approval, expires,
-                                  err, sizeof err) != BT_OK) {
+        /* The requirement the dialogue enforces: the policy's answer, who
+         * asked, and the hash of exactly the plan that was shown. */
+        json_t *req = json_deep_copy(approval);
+        json_object_set_new(req, "requester", json_string(actor));
+        json_object_set_new(req, "plan_hash", json_string(sha));
+        enum bt_err ae = bt_store_approval_add(p->store, approval_id, plan_id, exec_id, level, req,
+                                               expires, err, sizeof err);
+        json_decref(req);
+        if (ae != BT_OK) {
             json_object_set_new(r, "error", json_string("store"));
             set_text(r, "error", bt_asprintf("I could not record the approval: %s", err));
             return;
@@ -366,27 +440,7 @@ static void store_and_act(bt_pipeline *p, json_t *r, const char *rid, const char
         return;
     }
 
-    json_t *assets = json_object();
-    size_t i;
-    json_t *step;
-    json_array_foreach(json_object_get(plan, "steps"), i, step)
-    {
-        const char *t = json_string_value(json_object_get(step, "target"));
-        json_t *a = t ? json_object_get(p->by_name, t) : NULL;
-        if (a)
-            json_object_set(assets, t, a);
-    }
-    json_t *exec = bt_execute_plan(p->conns, p->tools, p->store, plan, assets, exec_id, rid, actor);
-    json_decref(assets);
-    const char *state = json_string_value(json_object_get(exec, "state"));
-    json_t *table = bt_answer_table(exec);
-    if (table)
-        json_object_set_new(r, "data", table);
-    set_text(r, strcmp(state, "completed") == 0 ? "answer" : "error",
-             bt_answer_results(plan, exec));
-    if (strcmp(state, "completed") != 0)
-        json_object_set_new(r, "error", json_string("execution_failed"));
-    json_object_set_new(r, "execution", exec);
+    run_plan(p, r, plan, exec_id, actor, -1);
 }
 
 json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, const char *channel)
@@ -429,4 +483,195 @@ json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, c
     bt_log(BT_LOG_INFO, "pipeline", rid, "answered: %s",
            json_string_value(json_object_get(r, "kind")));
     return r;
+}
+
+/* Words for an approval that still waits: who decided, what is missing. */
+static char *waiting_text(const json_t *ap)
+{
+    bt_buf b = BT_BUF_INIT(8192);
+    const char *state = json_string_value(json_object_get(ap, "state"));
+    json_t *next = json_object_get(ap, "next_step");
+    if (state && strcmp(state, "releasing") == 0 && json_is_integer(next)) {
+        bt_buf_printf(&b, "Approved. Step %lld waits to be released by an approver",
+                      (long long)json_integer_value(next) + 1);
+    } else {
+        long long need = json_integer_value(json_object_get(ap, "approvals_required"));
+        long long have = 0;
+        size_t i;
+        json_t *d;
+        json_array_foreach(json_object_get(ap, "decisions"), i, d)
+        {
+            const char *dec = json_string_value(json_object_get(d, "decision"));
+            if (dec && strcmp(dec, "approve") == 0 &&
+                json_integer_value(json_object_get(d, "step")) < 0)
+                have++;
+        }
+        bt_buf_printf(&b, "Recorded. %lld of %lld approval%s in", have, need, need == 1 ? "" : "s");
+    }
+    json_t *who = json_object_get(ap, "may_decide");
+    if (json_array_size(who)) {
+        bt_buf_puts(&b, "; who may decide now: ");
+        size_t i;
+        json_t *u;
+        json_array_foreach(who, i, u)
+            bt_buf_printf(&b, "%s%s", i ? ", " : "", json_string_value(u));
+    }
+    bt_buf_puts(&b, ".");
+    return bt_buf_steal(&b);
+}
+
+/* Turn the dialogue's answer into a response, running what it released. */
+static json_t *act_on_decision(bt_pipeline *p, json_t *d, const char *user)
+{
+    const char *status = json_string_value(json_object_get(d, "status"));
+    const char *reason = json_string_value(json_object_get(d, "reason"));
+    const char *run = json_string_value(json_object_get(d, "run"));
+    json_t *ap = json_object_get(d, "approval");
+    json_t *r = json_pack("{s:s?, s:O?}", "status", status, "approval", ap);
+    if (!status || strcmp(status, "refused") == 0) {
+        json_object_set_new(r, "error", json_string("refused"));
+        set_text(r, "error", bt_strdup(reason ? reason : "the decision was refused"));
+        return r;
+    }
+    if (strcmp(status, "already") == 0) {
+        set_text(r, "answer", bt_strdup(reason ? reason : "already decided"));
+        return r;
+    }
+    const char *state = json_string_value(json_object_get(ap, "state"));
+    if (state && (strcmp(state, "denied") == 0 || strcmp(state, "cancelled") == 0)) {
+        /* The plan will never run: its execution ends here, on record, and
+         * any asset it was waiting for is let go. */
+        const char *exec_id = json_string_value(json_object_get(ap, "execution_id"));
+        if (exec_id)
+            json_decref(bt_execute_cancel(p->exec, exec_id, user, state));
+        set_text(r, "answer",
+                 bt_asprintf("%s by %s. Nothing will run.",
+                             strcmp(state, "denied") == 0 ? "Denied" : "Cancelled", user));
+        return r;
+    }
+    if (!run || strcmp(run, "none") == 0) {
+        set_text(r, "approval", waiting_text(ap));
+        return r;
+    }
+    char err[BT_ERRLEN];
+    json_t *stored = NULL;
+    const char *plan_id = json_string_value(json_object_get(ap, "plan_id"));
+    if (!plan_id || bt_store_plan_get(p->store, plan_id, &stored, err, sizeof err) != BT_OK) {
+        json_object_set_new(r, "error", json_string("store"));
+        set_text(r, "error",
+                 bt_asprintf("I could not load the approved plan, so nothing ran: %s",
+                             plan_id ? err : "no plan"));
+        return r;
+    }
+    json_t *plan = json_object_get(stored, "plan");
+    const char *exec_id = json_string_value(json_object_get(ap, "execution_id"));
+    const char *rid = json_string_value(json_object_get(stored, "request_id"));
+    int only = strcmp(run, "step") == 0 ? (int)json_integer_value(json_object_get(d, "step")) : -1;
+    (void)rid;
+    if (only < 0 && exec_id &&
+        bt_store_execution_transition(p->store, exec_id, "pending_approval", "approved", NULL, err,
+                                      sizeof err) != BT_OK)
+        bt_log(BT_LOG_WARN, "pipeline", rid, "execution %s: %s", exec_id, err);
+    run_plan(p, r, plan, exec_id ? exec_id : "", user, only);
+    if (only >= 0) {
+        /* Level 3: say what ran and what comes next. */
+        size_t nsteps = json_array_size(json_object_get(plan, "steps"));
+        const char *text = json_string_value(json_object_get(r, "text"));
+        char *more = (size_t)only + 1 < nsteps
+                         ? bt_asprintf("Step %d of %zu done:\n%s\nStep %d waits to be released by "
+                                       "an approver.",
+                                       only + 1, nsteps, text ? text : "", only + 2)
+                         : bt_asprintf("Step %d of %zu (the last) done:\n%s", only + 1, nsteps,
+                                       text ? text : "");
+        json_object_set_new(r, "text", json_string(more));
+        free(more);
+    }
+    json_decref(stored);
+    return r;
+}
+
+json_t *bt_pipeline_decide(bt_pipeline *p, const char *approval_id, const char *user,
+                           const char *decision, int step, const char *via, const char *token)
+{
+    json_t *d = token ? bt_approvals_decide_token(p->approvals, token, user, via)
+                      : bt_approvals_decide(p->approvals, approval_id, user, decision, step, via);
+    json_t *r = act_on_decision(p, d, user);
+    json_decref(d);
+    return r;
+}
+
+json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *user,
+                           const char *via)
+{
+    json_t *d = bt_approvals_cancel(p->approvals, approval_id, user, via);
+    json_t *r = act_on_decision(p, d, user);
+    json_decref(d);
+    return r;
+}
+
+json_t *bt_pipeline_pending(bt_pipeline *p)
+{
+    return bt_approvals_list_pending(p->approvals);
+}
+
+json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms)
+{
+    json_t *events = bt_approvals_sweep(p->approvals, now_ms);
+    size_t i;
+    json_t *ev;
+    json_array_foreach(events, i, ev)
+    {
+        const char *type = json_string_value(json_object_get(ev, "type"));
+        if (!type || strcmp(type, "expired") != 0)
+            continue;
+        /* An expired approval's plan never runs: end its execution. */
+        json_t *ap =
+            bt_approvals_get(p->approvals, json_string_value(json_object_get(ev, "approval_id")));
+        const char *exec_id = json_string_value(json_object_get(ap, "execution_id"));
+        if (exec_id)
+            json_decref(bt_execute_cancel(p->exec, exec_id, "baton", "approval expired"));
+        json_decref(ap);
+    }
+    return events;
+}
+
+json_t *bt_pipeline_notices(bt_pipeline *p, const char *user)
+{
+    json_t *list = NULL;
+    char err[BT_ERRLEN];
+    if (!user || bt_store_notifications(p->store, user, true, 100, &list, err, sizeof err) != BT_OK)
+        return json_array();
+    size_t i;
+    json_t *n;
+    json_array_foreach(list, i, n)
+    {
+        bt_store_notification_delivered(
+            p->store, json_integer_value(json_object_get(n, "notification_id")), err, sizeof err);
+    }
+    return list;
+}
+
+int bt_pipeline_worker_once(bt_pipeline *p)
+{
+    json_t *out = NULL;
+    bool did = bt_execute_worker_once(p->exec, &out);
+    if (out)
+        bt_log(BT_LOG_INFO, "worker", NULL, "execution %s: %s",
+               json_string_value(json_object_get(out, "execution_id")),
+               json_string_value(json_object_get(out, "state")));
+    json_decref(out);
+    return did ? 1 : 0;
+}
+
+int bt_pipeline_recover(bt_store *st)
+{
+    char err[BT_ERRLEN];
+    json_t *rec = bt_execute_recover(st, "baton", err, sizeof err);
+    if (!rec) {
+        bt_log(BT_LOG_ERROR, "pipeline", NULL, "recovery: %s", err);
+        return -1;
+    }
+    int n = (int)json_array_size(rec);
+    json_decref(rec);
+    return n;
 }

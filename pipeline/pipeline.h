@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "bot/conf.h"
+#include "bot/store/store.h"
 #include "bot/util.h"
 
 typedef struct bt_pipeline bt_pipeline;
@@ -48,5 +49,44 @@ json_t *bt_pipeline_explain(bt_pipeline *p, const char *text, const char *user);
  *                 approval it needs for changes)
  * and kind "answer" | "approval" | "clarify" | "unknown" | "error". */
 json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, const char *channel);
+
+/* Decide on an approval as user (a configured user name) from via ("cli",
+ * "console", ...): decision "approve" | "deny", step -1 for the plan or N
+ * (0-based) to release step N of a level-3 plan. When token is non-NULL the
+ * approval, step and decision come from the signed token instead. Runs what
+ * the decision releases (the whole plan, or one step) and returns a new
+ * object:
+ *   kind      "approval" (recorded, more is needed) | "answer" (ran, or
+ *             already decided) | "error" (refused, or a step failed)
+ *   status    "recorded" | "already" | "refused"
+ *   text      what happened, for a person
+ *   approval  the approval after the decision
+ *   execution when something ran: {execution_id, state, steps[...]} */
+json_t *bt_pipeline_decide(bt_pipeline *p, const char *approval_id, const char *user,
+                           const char *decision, int step, const char *via, const char *token);
+
+/* The requester withdraws a pending approval. Same shape as decide. */
+json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *user,
+                           const char *via);
+
+/* Approvals waiting for a decision or a step release (new array; see
+ * approvals/approvals.h for the objects). */
+json_t *bt_pipeline_pending(bt_pipeline *p);
+
+/* Let time pass: expire, remind, escalate (new array of events). */
+json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms);
+
+/* Notices for user that were not shown yet (e.g. "your execution was
+ * interrupted when baton stopped"); marks them shown. New array of
+ * {notification_id, execution_id, text, created_ms}. */
+json_t *bt_pipeline_notices(bt_pipeline *p, const char *user);
+
+/* Crash recovery on a bare store (for commands that need no pipeline):
+ * executions left running by a dead baton become interrupted. Returns how
+ * many were recovered, -1 on a store failure. */
+int bt_pipeline_recover(bt_store *st);
+
+/* Claim one background job and run it; 1 if there was one, else 0. */
+int bt_pipeline_worker_once(bt_pipeline *p);
 
 #endif

@@ -25,10 +25,11 @@ struct bt_tools {
     pcre2_match_context *mctx;
 };
 
-static const char *const tool_keys[] = {
-    "name",        "description", "connector",    "operation",  "command",    "inputs",
-    "inputs_from", "risk",        "read_only",    "reversible", "compensate", "target",
-    "timeout_s",   "ok_exit",     "output_lines", "output_max", "runs_on",    NULL};
+static const char *const tool_keys[] = {"name",      "description", "connector",    "operation",
+                                        "command",   "inputs",      "inputs_from",  "risk",
+                                        "read_only", "reversible",  "compensate",   "target",
+                                        "timeout_s", "ok_exit",     "output_lines", "output_max",
+                                        "runs_on",   "retries",     "estimate_s",   NULL};
 static const char *const input_keys[] = {"required", "pattern", "default", "description", NULL};
 
 static pcre2_code *compile_pattern(const char *pattern, char *err, size_t errlen)
@@ -107,6 +108,8 @@ static void check_tool(bt_tools *t, const bt_yaml_doc *doc, json_t *root, json_t
     long long n;
     bt_check_int(d, doc, tool, "timeout_s", false, 1, 3600, &n);
     bt_check_int(d, doc, tool, "output_lines", false, 1, 100000, &n);
+    bt_check_int(d, doc, tool, "retries", false, 0, 5, &n);
+    bt_check_int(d, doc, tool, "estimate_s", false, 0, 86400, &n);
     static const char *const bools[] = {"read_only", "reversible", NULL};
     for (size_t i = 0; bools[i]; i++) {
         json_t *b = json_object_get(tool, bools[i]);

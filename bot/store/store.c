@@ -624,6 +624,320 @@ enum bt_err bt_store_execution_get(bt_store *st, const char *execution_id, json_
     return st->ops->execution_get(st->be, execution_id, out, err, errlen);
 }
 
+/* ---- execution engine ----------------------------------------------------- */
+
+/* Caps on what the engine hands the store. */
+#define LOCK_ASSETS_MAX 1000
+#define NOTIFY_TEXT_MAX 4096
+#define JOB_ERROR_MAX 4096
+#define NOTIFICATIONS_MAX 10000
+
+static const char *const job_states[] = {"available", "running", "done", "dead", NULL};
+
+/* A list of asset names: array of up to LOCK_ASSETS_MAX ids (non-empty
+ * UTF-8, ID_MAX bytes), at least min of them. *text: canonical JSON (new). */
+static enum bt_err check_assets(const json_t *assets, size_t min, char **text, char *err,
+                                size_t errlen)
+{
+    *text = NULL;
+    if (!json_is_array(assets) || json_array_size(assets) < min ||
+        json_array_size(assets) > LOCK_ASSETS_MAX) {
+        bt_fmt(err, errlen, "store: assets must be an array of %zu to %d asset names", min,
+               LOCK_ASSETS_MAX);
+        return BT_EINVAL;
+    }
+    size_t i;
+    const json_t *a;
+    json_array_foreach(assets, i, a)
+    {
+        enum bt_err e = check_id(json_string_value(a), "asset name", err, errlen);
+        if (e != BT_OK)
+            return e;
+    }
+    return to_json_text(assets, false, "assets", text, err, errlen);
+}
+
+static enum bt_err check_bounded_text(const char *s, bool required, size_t max, const char *what,
+                                      char *err, size_t errlen)
+{
+    enum bt_err e = check_text(s, required, what, err, errlen);
+    if (e == BT_OK && s && strlen(s) > max) {
+        bt_fmt(err, errlen, "store: %s is longer than %zu bytes", what, max);
+        return BT_EINVAL;
+    }
+    return e;
+}
+
+/* bt_store_execution_transition: see store.h. Both state names must be
+ * execution states; whether the move is allowed is the executor's table. */
+enum bt_err bt_store_execution_transition(bt_store *st, const char *execution_id, const char *from,
+                                          const char *to, const json_t *result, char *err,
+                                          size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK ||
+        (e = check_state(from, execution_states, "execution", err, errlen)) != BT_OK ||
+        (e = check_state(to, execution_states, "execution", err, errlen)) != BT_OK)
+        return e;
+    char *text;
+    if ((e = to_json_text(result, false, "execution result", &text, err, errlen)) != BT_OK)
+        return e;
+    e = st->ops->execution_transition(st->be, execution_id, from, to, text, err, errlen);
+    free(text);
+    return e;
+}
+
+/* bt_store_execution_own: see store.h. */
+enum bt_err bt_store_execution_own(bt_store *st, const char *execution_id, const char *from,
+                                   const char *owner_host, long long owner_pid,
+                                   const char *owner_start, int steps_total, char *err,
+                                   size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK ||
+        (e = check_state(from, execution_states, "execution", err, errlen)) != BT_OK ||
+        (e = check_id(owner_host, "owner host", err, errlen)) != BT_OK ||
+        (owner_start && (e = check_id(owner_start, "owner start", err, errlen)) != BT_OK))
+        return e;
+    if (owner_pid <= 0 || steps_total < 0) {
+        bt_fmt(err, errlen, "store: execution %.64s: owner pid %lld or step count %d is invalid",
+               execution_id, owner_pid, steps_total);
+        return BT_EINVAL;
+    }
+    return st->ops->execution_own(st->be, execution_id, from, owner_host, owner_pid, owner_start,
+                                  steps_total, err, errlen);
+}
+
+/* bt_store_execution_progress: see store.h. */
+enum bt_err bt_store_execution_progress(bt_store *st, const char *execution_id, int done, int total,
+                                        char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    if (done < 0 || total < 0 || done > total) {
+        bt_fmt(err, errlen, "store: execution %.64s: progress %d of %d is invalid", execution_id,
+               done, total);
+        return BT_EINVAL;
+    }
+    return st->ops->execution_progress(st->be, execution_id, done, total, err, errlen);
+}
+
+/* bt_store_executions_running: see store.h. */
+enum bt_err bt_store_executions_running(bt_store *st, json_t **out, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st || !out)
+        return bad_args("executions_running", err, errlen);
+    *out = NULL;
+    return st->ops->executions_running(st->be, out, err, errlen);
+}
+
+/* bt_store_locks_acquire: see store.h. wait_ttl_ms is 1 ms..1 day. */
+enum bt_err bt_store_locks_acquire(bt_store *st, const char *execution_id, const json_t *assets,
+                                   int64_t wait_ttl_ms, json_t **out, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !out)
+        return bad_args("locks_acquire", err, errlen);
+    *out = NULL;
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    if (wait_ttl_ms < 1 || wait_ttl_ms > 86400000) {
+        bt_fmt(err, errlen, "store: lock wait ttl %lld ms is not 1..86400000",
+               (long long)wait_ttl_ms);
+        return BT_EINVAL;
+    }
+    char *text;
+    if ((e = check_assets(assets, 1, &text, err, errlen)) != BT_OK)
+        return e;
+    e = st->ops->locks_acquire(st->be, execution_id, assets, text, wait_ttl_ms, out, err, errlen);
+    free(text);
+    return e;
+}
+
+/* bt_store_locks_release: see store.h. Releasing nothing is not an error. */
+enum bt_err bt_store_locks_release(bt_store *st, const char *execution_id, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->locks_release(st->be, execution_id, err, errlen);
+}
+
+/* bt_store_locks_list: see store.h. */
+enum bt_err bt_store_locks_list(bt_store *st, const char *execution_id, json_t **out, char *err,
+                                size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !out)
+        return bad_args("locks_list", err, errlen);
+    *out = NULL;
+    if (execution_id && (e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->locks_list(st->be, execution_id, out, err, errlen);
+}
+
+/* bt_store_job_add: see store.h. step >= -1; max_attempts 1..100; the
+ * execution must exist and must not have another available or running
+ * job (BT_EINVAL). */
+enum bt_err bt_store_job_add(bt_store *st, const char *execution_id, int step, const json_t *assets,
+                             int max_attempts, int64_t run_at_ms, long long *job_id, char *err,
+                             size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !job_id)
+        return bad_args("job_add", err, errlen);
+    *job_id = 0;
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    if (step < -1 || max_attempts < 1 || max_attempts > 100) {
+        bt_fmt(err, errlen, "store: job for %.64s: step %d or max attempts %d is invalid",
+               execution_id, step, max_attempts);
+        return BT_EINVAL;
+    }
+    char *text;
+    if ((e = check_assets(assets, 0, &text, err, errlen)) != BT_OK)
+        return e;
+    e = st->ops->job_add(st->be, execution_id, step, text, max_attempts, run_at_ms, job_id, err,
+                         errlen);
+    free(text);
+    return e;
+}
+
+/* bt_store_job_claim: see store.h. lease_ms is 1 ms..1 day. */
+enum bt_err bt_store_job_claim(bt_store *st, const char *worker, int64_t lease_ms, json_t **job,
+                               char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !job)
+        return bad_args("job_claim", err, errlen);
+    *job = NULL;
+    if ((e = check_id(worker, "worker id", err, errlen)) != BT_OK)
+        return e;
+    if (lease_ms < 1 || lease_ms > 86400000) {
+        bt_fmt(err, errlen, "store: job lease %lld ms is not 1..86400000", (long long)lease_ms);
+        return BT_EINVAL;
+    }
+    return st->ops->job_claim(st->be, worker, lease_ms, job, err, errlen);
+}
+
+/* bt_store_job_heartbeat: see store.h. */
+enum bt_err bt_store_job_heartbeat(bt_store *st, long long job_id, const char *worker, char *err,
+                                   size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(worker, "worker id", err, errlen)) != BT_OK)
+        return e;
+    if (job_id <= 0) {
+        bt_fmt(err, errlen, "store: job id %lld is invalid", job_id);
+        return BT_EINVAL;
+    }
+    return st->ops->job_heartbeat(st->be, job_id, worker, err, errlen);
+}
+
+/* bt_store_job_finish: see store.h. state is available, done or dead. */
+enum bt_err bt_store_job_finish(bt_store *st, long long job_id, const char *worker,
+                                const char *state, int64_t run_at_ms, const char *last_error,
+                                bool uncount, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(worker, "worker id", err, errlen)) != BT_OK ||
+        (e = check_state(state, job_states, "job", err, errlen)) != BT_OK ||
+        (e = check_bounded_text(last_error, false, JOB_ERROR_MAX, "job error", err, errlen)) !=
+            BT_OK)
+        return e;
+    if (strcmp(state, "running") == 0 || job_id <= 0) {
+        bt_fmt(err, errlen, "store: job %lld cannot be finished as %s", job_id, state);
+        return BT_EINVAL;
+    }
+    return st->ops->job_finish(st->be, job_id, worker, state, run_at_ms, last_error, uncount, err,
+                               errlen);
+}
+
+/* bt_store_jobs_of: see store.h. */
+enum bt_err bt_store_jobs_of(bt_store *st, const char *execution_id, json_t **out, char *err,
+                             size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !out)
+        return bad_args("jobs_of", err, errlen);
+    *out = NULL;
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->jobs_of(st->be, execution_id, out, err, errlen);
+}
+
+/* bt_store_notify: see store.h. BT_ENOENT for an unknown execution. */
+enum bt_err bt_store_notify(bt_store *st, const char *execution_id, const char *text, char *err,
+                            size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(execution_id, "execution id", err, errlen)) != BT_OK ||
+        (e = check_bounded_text(text, true, NOTIFY_TEXT_MAX, "notification text", err, errlen)) !=
+            BT_OK)
+        return e;
+    return st->ops->notify(st->be, execution_id, text, err, errlen);
+}
+
+/* bt_store_notifications: see store.h. */
+enum bt_err bt_store_notifications(bt_store *st, const char *user, bool undelivered, long limit,
+                                   json_t **out, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !out)
+        return bad_args("notifications", err, errlen);
+    *out = NULL;
+    if (user && (e = check_id(user, "user", err, errlen)) != BT_OK)
+        return e;
+    if (limit < 1 || limit > NOTIFICATIONS_MAX) {
+        bt_fmt(err, errlen, "store: notification limit %ld is not 1..%d", limit, NOTIFICATIONS_MAX);
+        return BT_EINVAL;
+    }
+    return st->ops->notifications(st->be, user, undelivered, limit, out, err, errlen);
+}
+
+/* bt_store_notification_delivered: see store.h. BT_ENOENT when unknown. */
+enum bt_err bt_store_notification_delivered(bt_store *st, long long notification_id, char *err,
+                                            size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st)
+        return no_store(err, errlen);
+    if (notification_id <= 0) {
+        bt_fmt(err, errlen, "store: notification id %lld is invalid", notification_id);
+        return BT_EINVAL;
+    }
+    return st->ops->notification_delivered(st->be, notification_id, err, errlen);
+}
+
 /* ---- approvals ------------------------------------------------------------ */
 
 /* bt_store_approval_add: see store.h. execution_id may be NULL or "" (none);
@@ -684,6 +998,90 @@ enum bt_err bt_store_approvals_pending(bt_store *st, json_t **out, char *err, si
         return bad_args("approvals_pending", err, errlen);
     *out = NULL;
     return st->ops->approvals_pending(st->be, out, err, errlen);
+}
+
+/* ---- approval dialogue ------------------------------------------------------ */
+
+static const char *const approval_states[] = {
+    "pending", "releasing", "approved", "denied", "cancelled", "expired", NULL,
+};
+
+static const char *const approval_decisions[] = {"approve", "deny", "cancel", NULL};
+
+/* The caller's check, and what the backend calls instead of it. */
+struct approval_check {
+    bt_store_approval_check check;
+    void *ctx;
+};
+
+/* Run the caller's check, then validate the change it asks for: the one
+ * place this is done, so every backend writes only well-formed changes. */
+static enum bt_err approval_check_wrap(void *c, const json_t *approval,
+                                       struct bt_store_approval_change *ch, char *err,
+                                       size_t errlen)
+{
+    const struct approval_check *ac = c;
+    enum bt_err e = ac->check(ac->ctx, approval, ch, err, errlen);
+    if (e != BT_OK)
+        return e;
+    if (ch->state &&
+        (e = check_state(ch->state, approval_states, "approval", err, errlen)) != BT_OK)
+        return e;
+    if (!ch->user)
+        return BT_OK;
+    if ((e = check_id(ch->user, "decision user", err, errlen)) != BT_OK ||
+        (e = check_text(ch->via, false, "decision via", err, errlen)) != BT_OK)
+        return e;
+    if (!ch->decision || !in_list(ch->decision, approval_decisions)) {
+        bt_fmt(err, errlen, "store: unknown approval decision '%.64s'",
+               ch->decision ? ch->decision : "(null)");
+        return BT_EINVAL;
+    }
+    if (ch->step < -1) {
+        bt_fmt(err, errlen, "store: decision step %d is below -1", ch->step);
+        return BT_EINVAL;
+    }
+    return BT_OK;
+}
+
+/* bt_store_approval_update: see store.h. */
+enum bt_err bt_store_approval_update(bt_store *st, const char *approval_id,
+                                     bt_store_approval_check check, void *ctx, char *err,
+                                     size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !check)
+        return bad_args("approval_update", err, errlen);
+    if ((e = check_id(approval_id, "approval id", err, errlen)) != BT_OK)
+        return e;
+    struct approval_check ac = {check, ctx};
+    return st->ops->approval_update(st->be, approval_id, approval_check_wrap, &ac, err, errlen);
+}
+
+/* bt_store_approval_decisions: see store.h. */
+enum bt_err bt_store_approval_decisions(bt_store *st, const char *approval_id, json_t **out,
+                                        char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !out)
+        return bad_args("approval_decisions", err, errlen);
+    *out = NULL;
+    if ((e = check_id(approval_id, "approval id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->approval_decisions(st->be, approval_id, out, err, errlen);
+}
+
+/* bt_store_approvals_open: see store.h. Like bt_store_approvals_pending,
+ * regardless of expires_ms; at most BT_STORE__PENDING_MAX per call. */
+enum bt_err bt_store_approvals_open(bt_store *st, json_t **out, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st || !out)
+        return bad_args("approvals_open", err, errlen);
+    *out = NULL;
+    return st->ops->approvals_open(st->be, out, err, errlen);
 }
 
 /* ---- settings --------------------------------------------------------------- */

@@ -20,6 +20,7 @@
 #ifndef BT_STORE_H
 #define BT_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -29,7 +30,7 @@
 typedef struct bt_store bt_store;
 
 /* The schema version this build writes. */
-#define BT_STORE_SCHEMA_VERSION 1
+#define BT_STORE_SCHEMA_VERSION 3
 
 /* Open (creating directories and the file as needed) and migrate.
  * On failure *out is NULL and err says why, naming the location. */
@@ -100,9 +101,116 @@ enum bt_err bt_store_step_add(bt_store *st, const char *execution_id, int step_i
 enum bt_err bt_store_step_set(bt_store *st, const char *execution_id, int step_index,
                               const char *state, const json_t *result, char *err, size_t errlen);
 /* New object {execution_id, plan_id, state, result, created_ms, updated_ms,
- * steps: [{index, tool, state, result, updated_ms}]}. BT_ENOENT if absent. */
+ * steps: [{index, tool, state, result, updated_ms}], and (execution engine)
+ * progress {done, total}, owner {host, pid, start} or null, request_id,
+ * requester (the requesting user or null)}. BT_ENOENT if absent. */
 enum bt_err bt_store_execution_get(bt_store *st, const char *execution_id, json_t **out, char *err,
                                    size_t errlen);
+
+/* ---- execution engine --------------------------------------------------
+ * What pipeline/execute.c needs beyond plain reads and writes: state changes
+ * that only happen from an expected state (compare-and-set, so two
+ * processes never both start one execution), the owner of a running
+ * execution (for crash recovery), progress, asset locks, the background job
+ * queue and notifications for requesters. The allowed transitions are the
+ * executor's table (execute.c); the store only guarantees atomicity.
+ * Terminal execution states: completed, failed, cancelled, timed_out,
+ * interrupted. */
+
+/* Move execution_id from state `from` to state `to`, only if it is in
+ * `from`. result (borrowed, may be NULL: keep the stored one). BT_ENOENT
+ * when there is no such execution or it is in another state (err names the
+ * state it is in). */
+enum bt_err bt_store_execution_transition(bt_store *st, const char *execution_id, const char *from,
+                                          const char *to, const json_t *result, char *err,
+                                          size_t errlen);
+
+/* Same as a transition from `from` to "running", recording the process that
+ * now runs it (owner_host, owner_pid > 0, owner_start: the process's start
+ * time as the executor spells it, NULL when unknown) and steps_total. */
+enum bt_err bt_store_execution_own(bt_store *st, const char *execution_id, const char *from,
+                                   const char *owner_host, long long owner_pid,
+                                   const char *owner_start, int steps_total, char *err,
+                                   size_t errlen);
+
+/* Progress for status displays: done of total steps (0 <= done <= total). */
+enum bt_err bt_store_execution_progress(bt_store *st, const char *execution_id, int done, int total,
+                                        char *err, size_t errlen);
+
+/* Executions in state running, oldest update first, at most 10000: new
+ * array of {execution_id, plan_id, request_id, requester, owner_host,
+ * owner_pid, owner_start, updated_ms} (owner fields null when unknown). */
+enum bt_err bt_store_executions_running(bt_store *st, json_t **out, char *err, size_t errlen);
+
+/* Asset locks. Try to take every asset in assets (borrowed array of 1..1000
+ * asset names, compared ignoring case) for execution_id, all or none, in
+ * one transaction. Locks the execution holds already count as taken.
+ * Locks held by an execution in a terminal state, and waiters that expired
+ * (not refreshed within wait_ttl_ms and without an active job), are dropped
+ * first. Waiters are served in order: an execution that has to wait is
+ * recorded in the queue (or its place refreshed), and an execution is only
+ * given assets no earlier waiter wants. *out is a new object:
+ *   {acquired: true}
+ *   {acquired: false, busy: [{asset, position (the holder counts as 1st),
+ *     holder: {execution_id, requester, text} | null,
+ *     ahead: {execution_id, requester, text} | null (the first waiter in
+ *     front), waiters_ahead}]}
+ * where requester and text are the request's user and text. */
+enum bt_err bt_store_locks_acquire(bt_store *st, const char *execution_id, const json_t *assets,
+                                   int64_t wait_ttl_ms, json_t **out, char *err, size_t errlen);
+/* Release every lock execution_id holds and its place in the queue. */
+enum bt_err bt_store_locks_release(bt_store *st, const char *execution_id, char *err,
+                                   size_t errlen);
+/* Locks held (all, or those of execution_id when non-NULL), by asset: new
+ * array of {asset, execution_id, acquired_ms}. */
+enum bt_err bt_store_locks_list(bt_store *st, const char *execution_id, json_t **out, char *err,
+                                size_t errlen);
+
+/* Background jobs. A job runs one execution (step -1) or one released step
+ * of it (step >= 0). States: available -> running -> done | dead, or back
+ * to available. assets (borrowed array of asset names, may be empty): a job
+ * is not claimable while another live execution holds one of them. */
+enum bt_err bt_store_job_add(bt_store *st, const char *execution_id, int step, const json_t *assets,
+                             int max_attempts, int64_t run_at_ms, long long *job_id, char *err,
+                             size_t errlen);
+/* Claim one job for worker, atomically: first a running job whose
+ * heartbeat is older than lease_ms (its worker is presumed dead: taken over,
+ * with reclaimed true and previous_worker set), else the oldest available
+ * job whose run_at has come and whose assets are free. The claimed job is
+ * running, locked by worker, attempt + 1. Available jobs of executions that
+ * already ended are marked dead on the way. *job is a new object {job_id,
+ * execution_id, step, state, attempt, max_attempts, run_at_ms, assets,
+ * locked_by, locked_ms, heartbeat_ms, last_error, created_ms, updated_ms,
+ * reclaimed, previous_worker}, or NULL when there is nothing to do. */
+enum bt_err bt_store_job_claim(bt_store *st, const char *worker, int64_t lease_ms, json_t **job,
+                               char *err, size_t errlen);
+/* The worker still holds the job. BT_ENOENT when it no longer does. */
+enum bt_err bt_store_job_heartbeat(bt_store *st, long long job_id, const char *worker, char *err,
+                                   size_t errlen);
+/* End the worker's hold on a running job: state "done", "dead" or
+ * "available" (again, at run_at_ms; uncount true takes back the attempt
+ * the claim counted). last_error may be NULL. BT_ENOENT when the worker
+ * does not hold it. */
+enum bt_err bt_store_job_finish(bt_store *st, long long job_id, const char *worker,
+                                const char *state, int64_t run_at_ms, const char *last_error,
+                                bool uncount, char *err, size_t errlen);
+/* Jobs of an execution, oldest first (new array of the objects above). */
+enum bt_err bt_store_jobs_of(bt_store *st, const char *execution_id, json_t **out, char *err,
+                             size_t errlen);
+
+/* Notifications for the requester of execution_id (looked up through its
+ * plan and request), shown by the CLI or the daemon later. text: at most
+ * 4096 bytes of UTF-8. */
+enum bt_err bt_store_notify(bt_store *st, const char *execution_id, const char *text, char *err,
+                            size_t errlen);
+/* Notifications for user (NULL: everyone), oldest first, at most limit
+ * (1..10000); only undelivered ones when undelivered is true. New array of
+ * {notification_id, user, execution_id, text, created_ms, delivered_ms}. */
+enum bt_err bt_store_notifications(bt_store *st, const char *user, bool undelivered, long limit,
+                                   json_t **out, char *err, size_t errlen);
+/* Mark a notification delivered (idempotent). */
+enum bt_err bt_store_notification_delivered(bt_store *st, long long notification_id, char *err,
+                                            size_t errlen);
 
 /* ---- approvals ------------------------------------------------------- */
 
@@ -117,6 +225,62 @@ enum bt_err bt_store_approval_get(bt_store *st, const char *approval_id, json_t 
                                   size_t errlen);
 /* Pending approvals, oldest first (new array of the objects above). */
 enum bt_err bt_store_approvals_pending(bt_store *st, json_t **out, char *err, size_t errlen);
+
+/* ---- approval dialogue -------------------------------------------------
+ * What the approvals dialogue (approvals/approvals.c) needs beyond the rows
+ * above: each person's decisions, the reminder and escalation marks, and one
+ * locked read-check-write, so that two processes deciding the same approval
+ * at the same time never both complete it.
+ *
+ * Approval states: pending, releasing, approved, denied, cancelled, expired.
+ * Decisions: approve, deny, cancel; step -1 is the whole plan, N >= 0 the
+ * release of step N (level 3). At most one decision per (approval, user,
+ * step). */
+
+/* What one bt_store_approval_update writes. A change as handed to the check
+ * (all zero, step -1) writes nothing. Strings are borrowed and only read
+ * during the call. */
+struct bt_store_approval_change {
+    const char *state;    /* new approval state, or NULL to keep it */
+    const char *user;     /* record a decision by this user, or NULL for none */
+    const char *decision; /* with user: "approve" | "deny" | "cancel" */
+    int step;             /* with user: -1 (the plan) or the step released */
+    const char *via;      /* with user: "cli", "console", "slack", ...; may be NULL */
+    bool reminded;        /* mark the reminder as sent (now; kept if already set) */
+    bool escalated;       /* mark the escalation as sent (now; kept if already set) */
+};
+
+/* The check run under the lock. approval (borrowed, valid during the call)
+ * is bt_store_approval_get's object plus updated_ms, reminded_ms and
+ * escalated_ms (null until marked) and decisions [{user, decision, step,
+ * via, ts_ms}], oldest first. Fill *change and return BT_OK to write it; any
+ * other code writes nothing and is what bt_store_approval_update returns
+ * (with err filled by the check). It runs while the store holds a write
+ * lock: it must be quick and must not call the store. */
+typedef enum bt_err (*bt_store_approval_check)(void *ctx, const json_t *approval,
+                                               struct bt_store_approval_change *change, char *err,
+                                               size_t errlen);
+
+/* Read approval_id with its decisions, call check(ctx, ...), and write the
+ * change it asks for, all in one write transaction that holds the approval
+ * from the read to the commit (SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT
+ * ... FOR UPDATE), so a second caller in any process sees the first one's
+ * change. The change is checked (state and decision names, user id, step >=
+ * -1): a bad one is BT_EINVAL and nothing is written. A decision the store
+ * already holds for the same (approval, user, step) is BT_EINVAL too.
+ * BT_ENOENT when the approval is unknown (check is not called). */
+enum bt_err bt_store_approval_update(bt_store *st, const char *approval_id,
+                                     bt_store_approval_check check, void *ctx, char *err,
+                                     size_t errlen);
+
+/* The decisions on approval_id, oldest first: new array of {user, decision,
+ * step, via, ts_ms}; empty when there are none (or no such approval). */
+enum bt_err bt_store_approval_decisions(bt_store *st, const char *approval_id, json_t **out,
+                                        char *err, size_t errlen);
+
+/* Approvals still open (state pending or releasing), oldest first, at most
+ * 10000 per call: new array of bt_store_approval_get's objects. */
+enum bt_err bt_store_approvals_open(bt_store *st, json_t **out, char *err, size_t errlen);
 
 /* ---- key/value settings (e.g. a generated signing key) ------------------ */
 /* Set key to value only if absent; *out is then the stored value (new). */

@@ -86,6 +86,17 @@ enum bt_err bt_store__audit_hash(const char *prev_hash, long long seq, int64_t t
                                  const char *request_id, const char *actor, const char *event,
                                  const json_t *detail, char out[65], char *err, size_t errlen);
 
+/* ---- approval dialogue ------------------------------------------------ */
+
+/* The check a backend's approval_update calls between its locked read and
+ * its writes: the same type as bt_store_approval_check (store.h). The facade
+ * passes its own wrapper, which runs the caller's check and then validates
+ * the change, so a backend only ever writes a well-formed change. */
+struct bt_store_approval_change;
+typedef enum bt_err (*bt_store__approval_check)(void *ctx, const json_t *approval,
+                                                struct bt_store_approval_change *change, char *err,
+                                                size_t errlen);
+
 /* ---- the backend table ------------------------------------------------ */
 
 /* Every member but open and close receives the handle open returned. Input
@@ -131,12 +142,59 @@ struct bt_store__ops {
     enum bt_err (*execution_get)(void *be, const char *execution_id, json_t **out, char *err,
                                  size_t errlen);
 
+    /* execution engine (store.h). Lists (assets) arrive as canonical JSON
+     * arrays of strings; owner_start may be NULL. */
+    enum bt_err (*execution_transition)(void *be, const char *execution_id, const char *from,
+                                        const char *to, const char *result_json, char *err,
+                                        size_t errlen);
+    enum bt_err (*execution_own)(void *be, const char *execution_id, const char *from,
+                                 const char *owner_host, long long owner_pid,
+                                 const char *owner_start, int steps_total, char *err,
+                                 size_t errlen);
+    enum bt_err (*execution_progress)(void *be, const char *execution_id, int done, int total,
+                                      char *err, size_t errlen);
+    enum bt_err (*executions_running)(void *be, json_t **out, char *err, size_t errlen);
+    enum bt_err (*locks_acquire)(void *be, const char *execution_id, const json_t *assets,
+                                 const char *assets_json, int64_t wait_ttl_ms, json_t **out,
+                                 char *err, size_t errlen);
+    enum bt_err (*locks_release)(void *be, const char *execution_id, char *err, size_t errlen);
+    enum bt_err (*locks_list)(void *be, const char *execution_id, json_t **out, char *err,
+                              size_t errlen);
+    enum bt_err (*job_add)(void *be, const char *execution_id, int step, const char *assets_json,
+                           int max_attempts, int64_t run_at_ms, long long *job_id, char *err,
+                           size_t errlen);
+    enum bt_err (*job_claim)(void *be, const char *worker, int64_t lease_ms, json_t **job,
+                             char *err, size_t errlen);
+    enum bt_err (*job_heartbeat)(void *be, long long job_id, const char *worker, char *err,
+                                 size_t errlen);
+    enum bt_err (*job_finish)(void *be, long long job_id, const char *worker, const char *state,
+                              int64_t run_at_ms, const char *last_error, bool uncount, char *err,
+                              size_t errlen);
+    enum bt_err (*jobs_of)(void *be, const char *execution_id, json_t **out, char *err,
+                           size_t errlen);
+    enum bt_err (*notify)(void *be, const char *execution_id, const char *text, char *err,
+                          size_t errlen);
+    enum bt_err (*notifications)(void *be, const char *user, bool undelivered, long limit,
+                                 json_t **out, char *err, size_t errlen);
+    enum bt_err (*notification_delivered)(void *be, long long notification_id, char *err,
+                                          size_t errlen);
+
     enum bt_err (*approval_add)(void *be, const char *approval_id, const char *plan_id,
                                 const char *execution_id, int level, const char *requirement_json,
                                 int64_t expires_ms, char *err, size_t errlen);
     enum bt_err (*approval_get)(void *be, const char *approval_id, json_t **out, char *err,
                                 size_t errlen);
     enum bt_err (*approvals_pending)(void *be, json_t **out, char *err, size_t errlen);
+    /* approval dialogue (store.h): one write transaction holding the
+     * approval from its read (row and decisions, in bt_store_approval_check's
+     * shape) through check(ctx, ...) to the commit of the change; check is
+     * called once, with the change zeroed and step -1. */
+    enum bt_err (*approval_update)(void *be, const char *approval_id,
+                                   bt_store__approval_check check, void *ctx, char *err,
+                                   size_t errlen);
+    enum bt_err (*approval_decisions)(void *be, const char *approval_id, json_t **out, char *err,
+                                      size_t errlen);
+    enum bt_err (*approvals_open)(void *be, json_t **out, char *err, size_t errlen);
 
     enum bt_err (*setting_ensure)(void *be, const char *key, const char *value, char **out,
                                   char *err, size_t errlen);

@@ -182,6 +182,70 @@ static const char *const migrations[] = {
     " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;"
 
     "PRAGMA application_id = " SQ_STR(SQ_APP_ID) ";",
+
+    /* 2: approval dialogue (decisions, reminders, escalation). Where each
+     * decision came from (cli, console, slack, ...), and when the reminder
+     * and the escalation went out (NULL: not yet), so that sweeps in any
+     * number of processes send each of them exactly once. */
+    "ALTER TABLE approval_decisions ADD COLUMN via TEXT;"
+    "ALTER TABLE approvals ADD COLUMN reminded_ms INTEGER;"
+    "ALTER TABLE approvals ADD COLUMN escalated_ms INTEGER;",
+
+    /* 3: execution engine (asset locks, background job queue, recovery). */
+    /* Who runs an execution (host, pid and the process's start time, so a
+     * reused pid is not mistaken for the owner) and how far it got. */
+    "ALTER TABLE executions ADD COLUMN owner_host TEXT;"
+    "ALTER TABLE executions ADD COLUMN owner_pid INTEGER;"
+    "ALTER TABLE executions ADD COLUMN owner_start TEXT;"
+    "ALTER TABLE executions ADD COLUMN steps_done INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE executions ADD COLUMN steps_total INTEGER NOT NULL DEFAULT 0;"
+
+    /* One row per locked asset: the primary key is what makes two
+     * executions never hold the same asset. */
+    "CREATE TABLE asset_locks ("
+    " asset TEXT NOT NULL COLLATE NOCASE PRIMARY KEY,"
+    " execution_id TEXT NOT NULL REFERENCES executions(execution_id),"
+    " acquired_ms INTEGER NOT NULL);"
+    "CREATE INDEX asset_locks_execution ON asset_locks(execution_id);"
+
+    /* Executions waiting for assets, served in seq order. */
+    "CREATE TABLE lock_waits ("
+    " seq INTEGER PRIMARY KEY,"
+    " execution_id TEXT NOT NULL UNIQUE REFERENCES executions(execution_id),"
+    " assets_json TEXT NOT NULL,"
+    " since_ms INTEGER NOT NULL,"
+    " expires_ms INTEGER NOT NULL);"
+
+    /* The background queue (step -1: the whole plan). */
+    "CREATE TABLE jobs ("
+    " job_id INTEGER PRIMARY KEY,"
+    " execution_id TEXT NOT NULL REFERENCES executions(execution_id),"
+    " step_index INTEGER NOT NULL DEFAULT -1,"
+    " state TEXT NOT NULL,"
+    " attempt INTEGER NOT NULL DEFAULT 0,"
+    " max_attempts INTEGER NOT NULL,"
+    " run_at_ms INTEGER NOT NULL,"
+    " assets_json TEXT NOT NULL DEFAULT '[]',"
+    " locked_by TEXT,"
+    " locked_ms INTEGER,"
+    " heartbeat_ms INTEGER,"
+    " last_error TEXT,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL);"
+    "CREATE INDEX jobs_claim ON jobs(state, run_at_ms);"
+    "CREATE INDEX jobs_execution ON jobs(execution_id);"
+    "CREATE UNIQUE INDEX jobs_one_active ON jobs(execution_id)"
+    " WHERE state IN ('available', 'running');"
+
+    /* Things a requester must be told later (an interrupted execution). */
+    "CREATE TABLE notifications ("
+    " notification_id INTEGER PRIMARY KEY,"
+    " user_id TEXT,"
+    " execution_id TEXT REFERENCES executions(execution_id),"
+    " text TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " delivered_ms INTEGER);"
+    "CREATE INDEX notifications_user ON notifications(user_id, delivered_ms);",
 };
 
 #define SQ_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -211,6 +275,12 @@ enum sq_stmt {
     S_APPROVAL_ADD,
     S_APPROVAL_GET,
     S_APPROVALS_PENDING,
+    S_APPROVAL_LOCK,
+    S_APPROVAL_DECISIONS,
+    S_APPROVAL_DECIDE,
+    S_APPROVAL_STATE,
+    S_APPROVAL_MARK,
+    S_APPROVALS_OPEN,
     S_SETTING_INSERT,
     S_SETTING_GET,
     S_AUDIT_LAST,
@@ -262,6 +332,25 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APPROVAL_GET] = "SELECT " SQ_APPROVAL_COLS " FROM approvals WHERE approval_id = ?",
     [S_APPROVALS_PENDING] = "SELECT " SQ_APPROVAL_COLS " FROM approvals WHERE state = 'pending'"
                             " ORDER BY created_ms, rowid LIMIT ?",
+    /* approval dialogue: SQ_APPROVAL_COLS first, so approval_row reads it. */
+    [S_APPROVAL_LOCK] = "SELECT " SQ_APPROVAL_COLS ", updated_ms, reminded_ms, escalated_ms"
+                        " FROM approvals WHERE approval_id = ?",
+    [S_APPROVAL_DECISIONS] = "SELECT user_id, decision, step, via, ts_ms FROM approval_decisions"
+                             " WHERE approval_id = ? ORDER BY ts_ms, rowid",
+    [S_APPROVAL_DECIDE] = "INSERT INTO approval_decisions(approval_id, user_id, decision, step,"
+                          " via, ts_ms) VALUES (?, ?, ?, ?, ?, ?)",
+    [S_APPROVAL_STATE] = "UPDATE approvals SET state = ?, updated_ms = ? WHERE approval_id = ?",
+    /* ?1 mark reminded, ?2 now, ?3 mark escalated, ?4 approval id; a mark
+     * already set keeps its time. */
+    [S_APPROVAL_MARK] = "UPDATE approvals SET"
+                        " reminded_ms = CASE WHEN ?1 THEN coalesce(reminded_ms, ?2)"
+                        " ELSE reminded_ms END,"
+                        " escalated_ms = CASE WHEN ?3 THEN coalesce(escalated_ms, ?2)"
+                        " ELSE escalated_ms END,"
+                        " updated_ms = ?2 WHERE approval_id = ?4",
+    [S_APPROVALS_OPEN] = "SELECT " SQ_APPROVAL_COLS " FROM approvals"
+                         " WHERE state IN ('pending', 'releasing')"
+                         " ORDER BY created_ms, rowid LIMIT ?",
     [S_SETTING_INSERT] = "INSERT OR IGNORE INTO settings(key, value, created_ms) VALUES (?, ?, ?)",
     [S_SETTING_GET] = "SELECT value FROM settings WHERE key = ?",
     [S_AUDIT_LAST] = "SELECT seq, ts_ms, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -303,6 +392,8 @@ static const struct {
 
 /* Set in a cache key for the count statement (filter bits are below it). */
 #define SQ_DYN_COUNT (1u << 31)
+/* Slots for the execution engine's cached statements. */
+#define SQ_EXEC_STMTS 32
 
 struct sq {
     sqlite3 *db;
@@ -314,6 +405,8 @@ struct sq {
         sqlite3_stmt *stmt;
     } dyn[SQ_DYN_SLOTS];
     unsigned dyn_next;
+    /* The execution engine's statements (enum sx_stmt, further down). */
+    sqlite3_stmt *exec_stmt[SQ_EXEC_STMTS];
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -702,6 +795,8 @@ static void sq_close(void *be)
         sqlite3_finalize(s->stmt[i]);
     for (int i = 0; i < SQ_DYN_SLOTS; i++)
         sqlite3_finalize(s->dyn[i].stmt);
+    for (int i = 0; i < SQ_EXEC_STMTS; i++)
+        sqlite3_finalize(s->exec_stmt[i]);
     sqlite3_close_v2(s->db);
     free(s->path);
     free(s);
@@ -1124,6 +1219,843 @@ static enum bt_err sq_step_set(void *be, const char *execution_id, int step_inde
     return e;
 }
 
+/* ---- execution engine -------------------------------------------------------
+ * Statements of the execution engine (store.h "execution engine") live in
+ * their own table and cache (struct sq.exec_stmt), prepared once per handle
+ * like the fixed ones. Every write that reads first (lock acquisition, job
+ * claims) runs inside BEGIN IMMEDIATE, so the read and the write see the
+ * same state in every process; the PostgreSQL backend does the same with
+ * SELECT ... FOR UPDATE SKIP LOCKED. */
+
+/* Execution states that end an execution (store.h). */
+#define SQ_TERMINAL "('completed', 'failed', 'cancelled', 'timed_out', 'interrupted')"
+/* The request behind an execution: its user and text. */
+#define SQ_REQUEST_OF(e)                                                                           \
+    " LEFT JOIN plans p ON p.plan_id = " e ".plan_id"                                              \
+    " LEFT JOIN requests r ON r.request_id = p.request_id"
+#define SQ_JOB_COLS                                                                                \
+    "job_id, execution_id, step_index, state, attempt, max_attempts, run_at_ms, assets_json,"      \
+    " locked_by, locked_ms, heartbeat_ms, last_error, created_ms, updated_ms"
+#define SQ_RUNNING_MAX 10000
+
+enum sx_stmt {
+    SX_EXEC_CAS,
+    SX_EXEC_STATE,
+    SX_EXEC_OWN,
+    SX_EXEC_PROGRESS,
+    SX_EXEC_EXTRA,
+    SX_RUNNING,
+    SX_LOCKS_STALE,
+    SX_WAITS_STALE,
+    SX_WAIT_SEQ,
+    SX_LOCK_HOLDER,
+    SX_LOCK_AHEAD,
+    SX_LOCK_INSERT,
+    SX_WAIT_INSERT,
+    SX_WAIT_REFRESH,
+    SX_WAIT_DELETE,
+    SX_LOCKS_RELEASE,
+    SX_LOCKS_LIST,
+    SX_JOB_ADD,
+    SX_JOBS_ORPHAN,
+    SX_JOB_EXPIRED,
+    SX_JOB_NEXT,
+    SX_JOB_TAKE,
+    SX_JOB_HEARTBEAT,
+    SX_JOB_FINISH,
+    SX_JOBS_OF,
+    SX_NOTIFY,
+    SX_NOTIFICATIONS,
+    SX_NOTIFIED,
+    SX__COUNT
+};
+_Static_assert(SX__COUNT <= SQ_EXEC_STMTS, "struct sq.exec_stmt is big enough");
+
+static const char *const sx_sql[SX__COUNT] = {
+    [SX_EXEC_CAS] = "UPDATE executions SET state = ?1, result_json = coalesce(?2, result_json),"
+                    " updated_ms = ?3 WHERE execution_id = ?4 AND state = ?5",
+    [SX_EXEC_STATE] = "SELECT state FROM executions WHERE execution_id = ?",
+    [SX_EXEC_OWN] = "UPDATE executions SET state = 'running', owner_host = ?1, owner_pid = ?2,"
+                    " owner_start = ?3, steps_total = ?4, updated_ms = ?5"
+                    " WHERE execution_id = ?6 AND state = ?7",
+    [SX_EXEC_PROGRESS] = "UPDATE executions SET steps_done = ?1, steps_total = ?2,"
+                         " updated_ms = ?3 WHERE execution_id = ?4",
+    [SX_EXEC_EXTRA] = "SELECT e.steps_done, e.steps_total, e.owner_host, e.owner_pid,"
+                      " e.owner_start, p.request_id, r.user_id FROM executions e" SQ_REQUEST_OF(
+                          "e") " WHERE e.execution_id = ?",
+    [SX_RUNNING] = "SELECT e.execution_id, e.plan_id, p.request_id, r.user_id, e.owner_host,"
+                   " e.owner_pid, e.owner_start, e.updated_ms FROM executions e" SQ_REQUEST_OF(
+                       "e") " WHERE e.state = 'running' ORDER BY e.updated_ms, e.execution_id"
+                            " LIMIT ?",
+    [SX_LOCKS_STALE] = "DELETE FROM asset_locks WHERE execution_id IN"
+                       " (SELECT execution_id FROM executions WHERE state IN " SQ_TERMINAL ")",
+    [SX_WAITS_STALE] = "DELETE FROM lock_waits WHERE execution_id IN"
+                       " (SELECT execution_id FROM executions WHERE state IN " SQ_TERMINAL ")"
+                       " OR (expires_ms < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j"
+                       " WHERE j.execution_id = lock_waits.execution_id"
+                       " AND j.state IN ('available', 'running')))",
+    [SX_WAIT_SEQ] = "SELECT seq FROM lock_waits WHERE execution_id = ?",
+    [SX_LOCK_HOLDER] = "SELECT l.execution_id, r.user_id, r.text FROM asset_locks l"
+                       " LEFT JOIN executions e ON e.execution_id = l.execution_id" SQ_REQUEST_OF(
+                           "e") " WHERE l.asset = ?1 AND l.execution_id <> ?2",
+    /* count(*) OVER () counts every waiter ahead, before LIMIT keeps the
+     * first of them. */
+    [SX_LOCK_AHEAD] = "SELECT w.execution_id, r.user_id, r.text, count(*) OVER ()"
+                      " FROM lock_waits w"
+                      " LEFT JOIN executions e ON e.execution_id = w.execution_id" SQ_REQUEST_OF(
+                          "e") " WHERE w.execution_id <> ?2 AND (?3 IS NULL OR w.seq < ?3)"
+                               " AND EXISTS (SELECT 1 FROM json_each(w.assets_json) a"
+                               " WHERE a.value = ?1 COLLATE NOCASE)"
+                               " ORDER BY w.seq LIMIT 1",
+    [SX_LOCK_INSERT] = "INSERT INTO asset_locks(asset, execution_id, acquired_ms) VALUES (?, ?, ?)"
+                       " ON CONFLICT(asset) DO NOTHING",
+    [SX_WAIT_INSERT] = "INSERT INTO lock_waits(execution_id, assets_json, since_ms, expires_ms)"
+                       " VALUES (?, ?, ?, ?)",
+    [SX_WAIT_REFRESH] = "UPDATE lock_waits SET assets_json = ?1, expires_ms = ?2"
+                        " WHERE execution_id = ?3",
+    [SX_WAIT_DELETE] = "DELETE FROM lock_waits WHERE execution_id = ?",
+    [SX_LOCKS_RELEASE] = "DELETE FROM asset_locks WHERE execution_id = ?",
+    [SX_LOCKS_LIST] = "SELECT asset, execution_id, acquired_ms FROM asset_locks"
+                      " WHERE ?1 IS NULL OR execution_id = ?1 ORDER BY asset",
+    [SX_JOB_ADD] = "INSERT INTO jobs(execution_id, step_index, state, attempt, max_attempts,"
+                   " run_at_ms, assets_json, created_ms, updated_ms)"
+                   " VALUES (?, ?, 'available', 0, ?, ?, ?, ?, ?)",
+    [SX_JOBS_ORPHAN] = "UPDATE jobs SET state = 'dead', updated_ms = ?1,"
+                       " last_error = 'the execution had already ended'"
+                       " WHERE state = 'available' AND execution_id IN"
+                       " (SELECT execution_id FROM executions WHERE state IN " SQ_TERMINAL ")",
+    [SX_JOB_EXPIRED] = "SELECT " SQ_JOB_COLS " FROM jobs WHERE state = 'running'"
+                       " AND heartbeat_ms < ?1 ORDER BY heartbeat_ms, job_id LIMIT 1",
+    [SX_JOB_NEXT] = "SELECT " SQ_JOB_COLS " FROM jobs j WHERE state = 'available'"
+                    " AND run_at_ms <= ?1 AND NOT EXISTS (SELECT 1"
+                    " FROM json_each(j.assets_json) a"
+                    " JOIN asset_locks l ON l.asset = a.value COLLATE NOCASE"
+                    " JOIN executions e ON e.execution_id = l.execution_id"
+                    " WHERE l.execution_id <> j.execution_id AND e.state NOT IN " SQ_TERMINAL ")"
+                    " ORDER BY run_at_ms, job_id LIMIT 1",
+    [SX_JOB_TAKE] = "UPDATE jobs SET state = 'running', attempt = attempt + 1, locked_by = ?1,"
+                    " locked_ms = ?2, heartbeat_ms = ?2, updated_ms = ?2 WHERE job_id = ?3",
+    [SX_JOB_HEARTBEAT] = "UPDATE jobs SET heartbeat_ms = ?1, updated_ms = ?1"
+                         " WHERE job_id = ?2 AND locked_by = ?3 AND state = 'running'",
+    [SX_JOB_FINISH] = "UPDATE jobs SET state = ?1,"
+                      " run_at_ms = CASE WHEN ?1 = 'available' THEN ?2 ELSE run_at_ms END,"
+                      " last_error = coalesce(?3, last_error),"
+                      " attempt = max(attempt - ?4, 0),"
+                      " locked_by = CASE WHEN ?1 = 'available' THEN NULL ELSE locked_by END,"
+                      " updated_ms = ?5 WHERE job_id = ?6 AND locked_by = ?7 AND state = 'running'",
+    [SX_JOBS_OF] = "SELECT " SQ_JOB_COLS " FROM jobs WHERE execution_id = ? ORDER BY job_id",
+    [SX_NOTIFY] = "INSERT INTO notifications(user_id, execution_id, text, created_ms)"
+                  " SELECT r.user_id, e.execution_id, ?2, ?3 FROM executions e" SQ_REQUEST_OF(
+                      "e") " WHERE e.execution_id = ?1",
+    [SX_NOTIFICATIONS] = "SELECT notification_id, user_id, execution_id, text, created_ms,"
+                         " delivered_ms FROM notifications WHERE (?1 IS NULL OR user_id = ?1)"
+                         " AND (?2 = 0 OR delivered_ms IS NULL)"
+                         " ORDER BY notification_id LIMIT ?3",
+    [SX_NOTIFIED] = "UPDATE notifications SET delivered_ms = coalesce(delivered_ms, ?1)"
+                    " WHERE notification_id = ?2",
+};
+
+static enum bt_err xprep(struct sq *s, enum sx_stmt id, sqlite3_stmt **out, char *err,
+                         size_t errlen)
+{
+    if (!s->exec_stmt[id]) {
+        int rc = sqlite3_prepare_v3(s->db, sx_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &s->exec_stmt[id], NULL);
+        if (rc != SQLITE_OK) {
+            s->exec_stmt[id] = NULL;
+            *out = NULL;
+            return sq_fail(s, rc, err, errlen, "prepare execution statement %d", (int)id);
+        }
+    }
+    *out = s->exec_stmt[id];
+    return BT_OK;
+}
+
+/* Why a compare-and-set matched no row: absent, or in which state. */
+static enum bt_err cas_missed(struct sq *s, const char *execution_id, const char *from, char *err,
+                              size_t errlen)
+{
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_EXEC_STATE, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *now = (const char *)sqlite3_column_text(st, 0);
+        bt_fmt(err, errlen, "%s: execution '%.64s' is %s, not %s", s->path, execution_id,
+               now ? now : "in no state", from);
+        e = BT_ENOENT;
+    } else if (rc == SQLITE_DONE) {
+        bt_fmt(err, errlen, "%s: no execution '%.64s'", s->path, execution_id);
+        e = BT_ENOENT;
+    } else {
+        e = sq_fail(s, rc, err, errlen, "read execution '%.64s'", execution_id);
+    }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_execution_transition(void *be, const char *execution_id, const char *from,
+                                           const char *to, const char *result_json, char *err,
+                                           size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_EXEC_CAS, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, to);
+    bind_text(st, 2, result_json);
+    sqlite3_bind_int64(st, 3, bt_wall_ms());
+    bind_text(st, 4, execution_id);
+    bind_text(st, 5, from);
+    int rc = sqlite3_step(st);
+    bool hit = rc == SQLITE_DONE && sqlite3_changes(s->db) > 0;
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "set execution '%.64s' from %s to %s", execution_id, from,
+                    to);
+    done(st);
+    if (e == BT_OK && !hit)
+        e = cas_missed(s, execution_id, from, err, errlen);
+    return e;
+}
+
+static enum bt_err sq_execution_own(void *be, const char *execution_id, const char *from,
+                                    const char *owner_host, long long owner_pid,
+                                    const char *owner_start, int steps_total, char *err,
+                                    size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_EXEC_OWN, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, owner_host);
+    sqlite3_bind_int64(st, 2, owner_pid);
+    bind_text(st, 3, owner_start);
+    sqlite3_bind_int(st, 4, steps_total);
+    sqlite3_bind_int64(st, 5, bt_wall_ms());
+    bind_text(st, 6, execution_id);
+    bind_text(st, 7, from);
+    int rc = sqlite3_step(st);
+    bool hit = rc == SQLITE_DONE && sqlite3_changes(s->db) > 0;
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "start execution '%.64s'", execution_id);
+    done(st);
+    if (e == BT_OK && !hit)
+        e = cas_missed(s, execution_id, from, err, errlen);
+    return e;
+}
+
+static enum bt_err sq_execution_progress(void *be, const char *execution_id, int ndone, int total,
+                                         char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_EXEC_PROGRESS, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int(st, 1, ndone);
+    sqlite3_bind_int(st, 2, total);
+    sqlite3_bind_int64(st, 3, bt_wall_ms());
+    bind_text(st, 4, execution_id);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "record progress of execution '%.64s'", execution_id);
+    else if (sqlite3_changes(s->db) == 0) {
+        bt_fmt(err, errlen, "%s: no execution '%.64s'", s->path, execution_id);
+        e = BT_ENOENT;
+    }
+    done(st);
+    return e;
+}
+
+/* The engine's columns of one execution, added to execution_get's object
+ * o: progress, owner, request_id, requester. */
+static enum bt_err sq_execution_extra(struct sq *s, const char *execution_id, json_t *o, bool *bad,
+                                      char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_EXEC_EXTRA, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        json_object_set_new(o, "progress",
+                            json_pack("{s:i, s:i}", "done", sqlite3_column_int(st, 0), "total",
+                                      sqlite3_column_int(st, 1)));
+        if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
+            json_object_set_new(o, "owner", json_null());
+        } else {
+            json_t *owner = json_object();
+            json_object_set_new(owner, "host", col_str(st, 2, bad));
+            json_object_set_new(owner, "pid", json_integer(sqlite3_column_int64(st, 3)));
+            json_object_set_new(owner, "start", col_str(st, 4, bad));
+            json_object_set_new(o, "owner", owner);
+        }
+        json_object_set_new(o, "request_id", col_str(st, 5, bad));
+        json_object_set_new(o, "requester", col_str(st, 6, bad));
+    } else if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "read execution '%.64s'", execution_id);
+    }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_executions_running(void *be, json_t **out, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_RUNNING, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int(st, 1, SQ_RUNNING_MAX);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_object();
+        json_object_set_new(o, "execution_id", col_str(st, 0, &bad));
+        json_object_set_new(o, "plan_id", col_str(st, 1, &bad));
+        json_object_set_new(o, "request_id", col_str(st, 2, &bad));
+        json_object_set_new(o, "requester", col_str(st, 3, &bad));
+        json_object_set_new(o, "owner_host", col_str(st, 4, &bad));
+        json_object_set_new(o, "owner_pid",
+                            sqlite3_column_type(st, 5) == SQLITE_NULL
+                                ? json_null()
+                                : json_integer(sqlite3_column_int64(st, 5)));
+        json_object_set_new(o, "owner_start", col_str(st, 6, &bad));
+        json_object_set_new(o, "updated_ms", json_integer(sqlite3_column_int64(st, 7)));
+        json_array_append_new(arr, o);
+    }
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list running executions");
+    else if (bad) {
+        bt_fmt(err, errlen, "%s: a running execution is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+/* {execution_id, requester, text} from columns i, i+1, i+2. */
+static json_t *who_row(sqlite3_stmt *st, int i, bool *bad)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "execution_id", col_str(st, i, bad));
+    json_object_set_new(o, "requester", col_str(st, i + 1, bad));
+    json_object_set_new(o, "text", col_str(st, i + 2, bad));
+    return o;
+}
+
+/* Run one cleanup statement whose only parameter (if any) is now. */
+static enum bt_err xrun_now(struct sq *s, enum sx_stmt id, int64_t now, bool bind_now, char *err,
+                            size_t errlen, const char *what)
+{
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, id, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    if (bind_now)
+        sqlite3_bind_int64(st, 1, now);
+    return step_done(s, st, err, errlen, what);
+}
+
+/* Run a statement whose only parameter is an execution id. */
+static enum bt_err xrun_id(struct sq *s, enum sx_stmt id, const char *execution_id, char *err,
+                           size_t errlen, const char *what)
+{
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, id, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    return step_done(s, st, err, errlen, what);
+}
+
+/* One asset of a lock request: who holds it (not us), who waits ahead of
+ * us. Adds an entry to busy when we cannot have it. */
+static enum bt_err lock_look(struct sq *s, const char *execution_id, const char *asset,
+                             bool have_seq, long long seq, json_t *busy, bool *bad, char *err,
+                             size_t errlen)
+{
+    sqlite3_stmt *st;
+    json_t *holder = NULL, *ahead = NULL;
+    long long nahead = 0;
+    enum bt_err e = xprep(s, SX_LOCK_HOLDER, &st, err, errlen);
+    if (e == BT_OK) {
+        bind_text(st, 1, asset);
+        bind_text(st, 2, execution_id);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            holder = who_row(st, 0, bad);
+        else if (rc != SQLITE_DONE)
+            e = sq_fail(s, rc, err, errlen, "read the lock on '%.64s'", asset);
+        done(st);
+    }
+    if (e == BT_OK && (e = xprep(s, SX_LOCK_AHEAD, &st, err, errlen)) == BT_OK) {
+        bind_text(st, 1, asset);
+        bind_text(st, 2, execution_id);
+        if (have_seq)
+            sqlite3_bind_int64(st, 3, seq);
+        else
+            sqlite3_bind_null(st, 3);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            ahead = who_row(st, 0, bad);
+            nahead = sqlite3_column_int64(st, 3);
+        } else if (rc != SQLITE_DONE) {
+            e = sq_fail(s, rc, err, errlen, "read the queue for '%.64s'", asset);
+        }
+        done(st);
+    }
+    if (e == BT_OK && (holder || ahead)) {
+        json_t *b = json_pack("{s:s, s:I, s:I}", "asset", asset, "position",
+                              (json_int_t)((holder ? 1 : 0) + nahead + 1), "waiters_ahead",
+                              (json_int_t)nahead);
+        json_object_set_new(b, "holder", holder ? holder : json_null());
+        json_object_set_new(b, "ahead", ahead ? ahead : json_null());
+        holder = ahead = NULL;
+        json_array_append_new(busy, b);
+    }
+    json_decref(holder);
+    json_decref(ahead);
+    return e;
+}
+
+static enum bt_err sq_locks_acquire(void *be, const char *execution_id, const json_t *assets,
+                                    const char *assets_json, int64_t wait_ttl_ms, json_t **out,
+                                    char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    int64_t now = bt_wall_ms();
+    enum bt_err e = tx_begin(s, true, err, errlen);
+    if (e != BT_OK)
+        return e;
+    e = xrun_now(s, SX_LOCKS_STALE, now, false, err, errlen, "drop locks of ended executions");
+    if (e == BT_OK)
+        e = xrun_now(s, SX_WAITS_STALE, now, true, err, errlen, "drop expired lock waiters");
+    bool have_seq = false;
+    long long seq = 0;
+    if (e == BT_OK && (e = xprep(s, SX_WAIT_SEQ, &st, err, errlen)) == BT_OK) {
+        bind_text(st, 1, execution_id);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            have_seq = true;
+            seq = sqlite3_column_int64(st, 0);
+        } else if (rc != SQLITE_DONE) {
+            e = sq_fail(s, rc, err, errlen, "read the lock queue");
+        }
+        done(st);
+    }
+    json_t *busy = json_array();
+    bool bad = false;
+    size_t i;
+    const json_t *a;
+    json_array_foreach(assets, i, a)
+    {
+        if (e != BT_OK)
+            break;
+        e = lock_look(s, execution_id, json_string_value(a), have_seq, seq, busy, &bad, err,
+                      errlen);
+    }
+    if (e == BT_OK && bad) {
+        bt_fmt(err, errlen, "%s: a lock holder's request is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    if (e == BT_OK && json_array_size(busy) == 0) {
+        json_array_foreach(assets, i, a)
+        {
+            if (e != BT_OK || (e = xprep(s, SX_LOCK_INSERT, &st, err, errlen)) != BT_OK)
+                break;
+            bind_text(st, 1, json_string_value(a));
+            bind_text(st, 2, execution_id);
+            sqlite3_bind_int64(st, 3, now);
+            e = step_done(s, st, err, errlen, "take a lock");
+        }
+        if (e == BT_OK)
+            e = xrun_id(s, SX_WAIT_DELETE, execution_id, err, errlen, "leave the lock queue");
+    } else if (e == BT_OK) {
+        /* Keep our place in the queue (first come, first served), or take
+         * one at the back. */
+        if ((e = xprep(s, have_seq ? SX_WAIT_REFRESH : SX_WAIT_INSERT, &st, err, errlen)) ==
+            BT_OK) {
+            if (have_seq) {
+                bind_text(st, 1, assets_json);
+                sqlite3_bind_int64(st, 2, now + wait_ttl_ms);
+                bind_text(st, 3, execution_id);
+            } else {
+                bind_text(st, 1, execution_id);
+                bind_text(st, 2, assets_json);
+                sqlite3_bind_int64(st, 3, now);
+                sqlite3_bind_int64(st, 4, now + wait_ttl_ms);
+            }
+            e = step_done(s, st, err, errlen, "wait for a lock");
+        }
+    }
+    e = tx_end(s, e, err, errlen);
+    if (e != BT_OK) {
+        json_decref(busy);
+        return e;
+    }
+    if (json_array_size(busy) == 0) {
+        json_decref(busy);
+        *out = json_pack("{s:b}", "acquired", 1);
+    } else {
+        *out = json_pack("{s:b, s:o}", "acquired", 0, "busy", busy);
+    }
+    return BT_OK;
+}
+
+/* Locks and queue place go together, in one transaction. */
+static enum bt_err sq_locks_release(void *be, const char *execution_id, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    enum bt_err e = tx_begin(s, true, err, errlen);
+    if (e != BT_OK)
+        return e;
+    e = xrun_id(s, SX_LOCKS_RELEASE, execution_id, err, errlen, "release locks");
+    if (e == BT_OK)
+        e = xrun_id(s, SX_WAIT_DELETE, execution_id, err, errlen, "leave the lock queue");
+    return tx_end(s, e, err, errlen);
+}
+
+static enum bt_err sq_locks_list(void *be, const char *execution_id, json_t **out, char *err,
+                                 size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_LOCKS_LIST, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_object();
+        json_object_set_new(o, "asset", col_str(st, 0, &bad));
+        json_object_set_new(o, "execution_id", col_str(st, 1, &bad));
+        json_object_set_new(o, "acquired_ms", json_integer(sqlite3_column_int64(st, 2)));
+        json_array_append_new(arr, o);
+    }
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list locks");
+    else if (bad) {
+        bt_fmt(err, errlen, "%s: a lock is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+static enum bt_err sq_job_add(void *be, const char *execution_id, int step, const char *assets_json,
+                              int max_attempts, int64_t run_at_ms, long long *job_id, char *err,
+                              size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_JOB_ADD, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    int64_t now = bt_wall_ms();
+    bind_text(st, 1, execution_id);
+    sqlite3_bind_int(st, 2, step);
+    sqlite3_bind_int(st, 3, max_attempts);
+    sqlite3_bind_int64(st, 4, run_at_ms);
+    bind_text(st, 5, assets_json);
+    sqlite3_bind_int64(st, 6, now);
+    sqlite3_bind_int64(st, 7, now);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        /* jobs_one_active: one available or running job per execution. */
+        bt_fmt(err, errlen, "%s: execution '%.64s' already has a job waiting or running", s->path,
+               execution_id);
+        e = BT_EINVAL;
+    } else if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "queue a job for execution '%.64s'", execution_id);
+    } else {
+        *job_id = sqlite3_last_insert_rowid(s->db);
+    }
+    done(st);
+    return e;
+}
+
+/* One jobs row (SQ_JOB_COLS) as a new object; *bad on junk. */
+static json_t *job_row(sqlite3_stmt *st, bool *bad)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "job_id", json_integer(sqlite3_column_int64(st, 0)));
+    json_object_set_new(o, "execution_id", col_str(st, 1, bad));
+    json_object_set_new(o, "step", json_integer(sqlite3_column_int(st, 2)));
+    json_object_set_new(o, "state", col_str(st, 3, bad));
+    json_object_set_new(o, "attempt", json_integer(sqlite3_column_int(st, 4)));
+    json_object_set_new(o, "max_attempts", json_integer(sqlite3_column_int(st, 5)));
+    json_object_set_new(o, "run_at_ms", json_integer(sqlite3_column_int64(st, 6)));
+    json_object_set_new(o, "assets", col_json(st, 7, bad));
+    json_object_set_new(o, "locked_by", col_str(st, 8, bad));
+    static const char *const times[] = {"locked_ms", "heartbeat_ms"};
+    for (int k = 0; k < 2; k++)
+        json_object_set_new(o, times[k],
+                            sqlite3_column_type(st, 9 + k) == SQLITE_NULL
+                                ? json_null()
+                                : json_integer(sqlite3_column_int64(st, 9 + k)));
+    json_object_set_new(o, "last_error", col_str(st, 11, bad));
+    json_object_set_new(o, "created_ms", json_integer(sqlite3_column_int64(st, 12)));
+    json_object_set_new(o, "updated_ms", json_integer(sqlite3_column_int64(st, 13)));
+    return o;
+}
+
+/* Read the first row of a job query bound with one integer (*job NULL when
+ * there is none). */
+static enum bt_err job_pick(struct sq *s, enum sx_stmt id, int64_t arg, json_t **job, char *err,
+                            size_t errlen)
+{
+    sqlite3_stmt *st;
+    *job = NULL;
+    enum bt_err e = xprep(s, id, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int64(st, 1, arg);
+    int rc = sqlite3_step(st);
+    bool bad = false;
+    if (rc == SQLITE_ROW)
+        *job = job_row(st, &bad);
+    else if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "look for a job");
+    done(st);
+    if (e == BT_OK && bad) {
+        bt_fmt(err, errlen, "%s: a queued job is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    if (e != BT_OK) {
+        json_decref(*job);
+        *job = NULL;
+    }
+    return e;
+}
+
+/* One write transaction: drop jobs of ended executions, then take over an
+ * expired job or take the next available one. */
+static enum bt_err sq_job_claim(void *be, const char *worker, int64_t lease_ms, json_t **job,
+                                char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    int64_t now = bt_wall_ms();
+    json_t *j = NULL;
+    bool reclaimed = false;
+    enum bt_err e = tx_begin(s, true, err, errlen);
+    if (e != BT_OK)
+        return e;
+    e = xrun_now(s, SX_JOBS_ORPHAN, now, true, err, errlen, "drop jobs of ended executions");
+    if (e == BT_OK)
+        e = job_pick(s, SX_JOB_EXPIRED, now - lease_ms, &j, err, errlen);
+    if (e == BT_OK && j)
+        reclaimed = true;
+    else if (e == BT_OK)
+        e = job_pick(s, SX_JOB_NEXT, now, &j, err, errlen);
+    if (e == BT_OK && j && (e = xprep(s, SX_JOB_TAKE, &st, err, errlen)) == BT_OK) {
+        bind_text(st, 1, worker);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int64(st, 3, json_integer_value(json_object_get(j, "job_id")));
+        e = step_done(s, st, err, errlen, "claim a job");
+    }
+    e = tx_end(s, e, err, errlen);
+    if (e != BT_OK || !j) {
+        json_decref(j);
+        return e;
+    }
+    json_object_set_new(j, "previous_worker",
+                        reclaimed ? json_incref(json_object_get(j, "locked_by")) : json_null());
+    json_object_set_new(j, "reclaimed", json_boolean(reclaimed));
+    json_object_set_new(j, "state", json_string("running"));
+    json_object_set_new(j, "attempt",
+                        json_integer(json_integer_value(json_object_get(j, "attempt")) + 1));
+    json_object_set_new(j, "locked_by", json_string(worker));
+    json_object_set_new(j, "locked_ms", json_integer(now));
+    json_object_set_new(j, "heartbeat_ms", json_integer(now));
+    json_object_set_new(j, "updated_ms", json_integer(now));
+    *job = j;
+    return BT_OK;
+}
+
+static enum bt_err sq_job_heartbeat(void *be, long long job_id, const char *worker, char *err,
+                                    size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_JOB_HEARTBEAT, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int64(st, 1, bt_wall_ms());
+    sqlite3_bind_int64(st, 2, job_id);
+    bind_text(st, 3, worker);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "heartbeat job %lld", job_id);
+    else if (sqlite3_changes(s->db) == 0) {
+        bt_fmt(err, errlen, "%s: job %lld is no longer held by %.64s", s->path, job_id, worker);
+        e = BT_ENOENT;
+    }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_job_finish(void *be, long long job_id, const char *worker, const char *state,
+                                 int64_t run_at_ms, const char *last_error, bool uncount, char *err,
+                                 size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_JOB_FINISH, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, state);
+    sqlite3_bind_int64(st, 2, run_at_ms);
+    bind_text(st, 3, last_error);
+    sqlite3_bind_int(st, 4, uncount ? 1 : 0);
+    sqlite3_bind_int64(st, 5, bt_wall_ms());
+    sqlite3_bind_int64(st, 6, job_id);
+    bind_text(st, 7, worker);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "finish job %lld", job_id);
+    else if (sqlite3_changes(s->db) == 0) {
+        bt_fmt(err, errlen, "%s: job %lld is not running under %.64s", s->path, job_id, worker);
+        e = BT_ENOENT;
+    }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_jobs_of(void *be, const char *execution_id, json_t **out, char *err,
+                              size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_JOBS_OF, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, job_row(st, &bad));
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list jobs of execution '%.64s'", execution_id);
+    else if (bad) {
+        bt_fmt(err, errlen, "%s: a job of execution '%.64s' is damaged", s->path, execution_id);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+static enum bt_err sq_notify(void *be, const char *execution_id, const char *text, char *err,
+                             size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_NOTIFY, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, execution_id);
+    bind_text(st, 2, text);
+    sqlite3_bind_int64(st, 3, bt_wall_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "notify about execution '%.64s'", execution_id);
+    else if (sqlite3_changes(s->db) == 0) {
+        bt_fmt(err, errlen, "%s: no execution '%.64s'", s->path, execution_id);
+        e = BT_ENOENT;
+    }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_notifications(void *be, const char *user, bool undelivered, long limit,
+                                    json_t **out, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_NOTIFICATIONS, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, user);
+    sqlite3_bind_int(st, 2, undelivered ? 1 : 0);
+    sqlite3_bind_int64(st, 3, limit);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_object();
+        json_object_set_new(o, "notification_id", json_integer(sqlite3_column_int64(st, 0)));
+        json_object_set_new(o, "user", col_str(st, 1, &bad));
+        json_object_set_new(o, "execution_id", col_str(st, 2, &bad));
+        json_object_set_new(o, "text", col_str(st, 3, &bad));
+        json_object_set_new(o, "created_ms", json_integer(sqlite3_column_int64(st, 4)));
+        json_object_set_new(o, "delivered_ms",
+                            sqlite3_column_type(st, 5) == SQLITE_NULL
+                                ? json_null()
+                                : json_integer(sqlite3_column_int64(st, 5)));
+        json_array_append_new(arr, o);
+    }
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list notifications");
+    else if (bad) {
+        bt_fmt(err, errlen, "%s: a notification is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+static enum bt_err sq_notification_delivered(void *be, long long notification_id, char *err,
+                                             size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_NOTIFIED, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int64(st, 1, bt_wall_ms());
+    sqlite3_bind_int64(st, 2, notification_id);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "mark notification %lld delivered", notification_id);
+    else if (sqlite3_changes(s->db) == 0) {
+        bt_fmt(err, errlen, "%s: no notification %lld", s->path, notification_id);
+        e = BT_ENOENT;
+    }
+    done(st);
+    return e;
+}
+
 /* Both reads in one read transaction, so the steps belong to the same
  * moment as the execution row (WAL readers never block writers). */
 static enum bt_err sq_execution_get(void *be, const char *execution_id, json_t **out, char *err,
@@ -1176,6 +2108,8 @@ static enum bt_err sq_execution_get(void *be, const char *execution_id, json_t *
             e = sq_fail(s, rc, err, errlen, "read steps of execution '%.64s'", execution_id);
         done(st);
     }
+    if (e == BT_OK)
+        e = sq_execution_extra(s, execution_id, o, &bad, err, errlen);
     if (e == BT_OK && bad) {
         bt_fmt(err, errlen, "%s: execution '%.64s' is damaged (unreadable text or JSON)", s->path,
                execution_id);
@@ -1281,6 +2215,174 @@ static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_
         e = sq_fail(s, rc, err, errlen, "list pending approvals");
     } else if (bad) {
         bt_fmt(err, errlen, "%s: a pending approval is damaged", s->path);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+/* ---- approval dialogue ------------------------------------------------------ */
+
+/* One approval_decisions row (S_APPROVAL_DECISIONS) as a new object. */
+static json_t *decision_row(sqlite3_stmt *st, bool *bad)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "user", col_str(st, 0, bad));
+    json_object_set_new(o, "decision", col_str(st, 1, bad));
+    json_object_set_new(o, "step", json_integer(sqlite3_column_int(st, 2)));
+    json_object_set_new(o, "via", col_str(st, 3, bad));
+    json_object_set_new(o, "ts_ms", json_integer(sqlite3_column_int64(st, 4)));
+    return o;
+}
+
+static enum bt_err sq_approval_decisions(void *be, const char *approval_id, json_t **out, char *err,
+                                         size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = prep(s, S_APPROVAL_DECISIONS, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, approval_id);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, decision_row(st, &bad));
+    if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "read the decisions on approval '%.64s'", approval_id);
+    } else if (bad) {
+        bt_fmt(err, errlen, "%s: a decision on approval '%.64s' is damaged", s->path, approval_id);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
+/* An optional time column: its integer, or JSON null for SQL NULL. */
+static json_t *col_ms(sqlite3_stmt *st, int i)
+{
+    return sqlite3_column_type(st, i) == SQLITE_NULL ? json_null()
+                                                     : json_integer(sqlite3_column_int64(st, i));
+}
+
+/* The approval row and its decisions, read inside the caller's transaction. */
+static enum bt_err approval_locked_read(struct sq *s, const char *approval_id, json_t **out,
+                                        char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    enum bt_err e = prep(s, S_APPROVAL_LOCK, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, approval_id);
+    json_t *o = NULL;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        bt_fmt(err, errlen, "%s: no approval '%.64s'", s->path, approval_id);
+        e = BT_ENOENT;
+    } else if (rc != SQLITE_ROW) {
+        e = sq_fail(s, rc, err, errlen, "read approval '%.64s'", approval_id);
+    } else {
+        bool bad = false;
+        o = approval_row(st, &bad);
+        json_object_set_new(o, "updated_ms", json_integer(sqlite3_column_int64(st, 8)));
+        json_object_set_new(o, "reminded_ms", col_ms(st, 9));
+        json_object_set_new(o, "escalated_ms", col_ms(st, 10));
+        if (bad) {
+            bt_fmt(err, errlen, "%s: approval '%.64s' is damaged", s->path, approval_id);
+            e = BT_ECORRUPT;
+        }
+    }
+    done(st);
+    json_t *decisions = NULL;
+    if (e == BT_OK && (e = sq_approval_decisions(s, approval_id, &decisions, err, errlen)) == BT_OK)
+        json_object_set_new(o, "decisions", decisions);
+    if (e != BT_OK) {
+        json_decref(o);
+        return e;
+    }
+    *out = o;
+    return BT_OK;
+}
+
+/* The read-check-write of the approval dialogue. BEGIN IMMEDIATE takes the
+ * write lock before the approval is read, so a second connection (another
+ * thread or process) waits at its BEGIN and then reads this one's decision:
+ * two approvers racing for the last approval cannot both see "one missing"
+ * and both complete it. (A PostgreSQL backend does the same with SELECT ...
+ * FOR UPDATE on the approval row.) The approval object stays alive until
+ * the writes are done, because the change may borrow strings from it. */
+static enum bt_err sq_approval_update(void *be, const char *approval_id,
+                                      bt_store__approval_check check, void *ctx, char *err,
+                                      size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    json_t *o = NULL;
+    enum bt_err e = tx_begin(s, true, err, errlen);
+    if (e != BT_OK)
+        return e;
+    struct bt_store_approval_change ch = {NULL, NULL, NULL, -1, NULL, false, false};
+    if ((e = approval_locked_read(s, approval_id, &o, err, errlen)) == BT_OK)
+        e = check(ctx, o, &ch, err, errlen);
+    int64_t now = bt_wall_ms();
+    char what[160];
+    bt_fmt(what, sizeof what, "update approval '%.64s'", approval_id);
+    if (e == BT_OK && ch.user && (e = prep(s, S_APPROVAL_DECIDE, &st, err, errlen)) == BT_OK) {
+        bind_text(st, 1, approval_id);
+        bind_text(st, 2, ch.user);
+        bind_text(st, 3, ch.decision);
+        sqlite3_bind_int(st, 4, ch.step);
+        bind_text(st, 5, ch.via);
+        sqlite3_bind_int64(st, 6, now);
+        e = step_done(s, st, err, errlen, what);
+    }
+    if (e == BT_OK && ch.state && (e = prep(s, S_APPROVAL_STATE, &st, err, errlen)) == BT_OK) {
+        bind_text(st, 1, ch.state);
+        sqlite3_bind_int64(st, 2, now);
+        bind_text(st, 3, approval_id);
+        e = step_done(s, st, err, errlen, what);
+    }
+    if (e == BT_OK && (ch.reminded || ch.escalated) &&
+        (e = prep(s, S_APPROVAL_MARK, &st, err, errlen)) == BT_OK) {
+        sqlite3_bind_int(st, 1, ch.reminded);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int(st, 3, ch.escalated);
+        bind_text(st, 4, approval_id);
+        e = step_done(s, st, err, errlen, what);
+    }
+    e = tx_end(s, e, err, errlen);
+    json_decref(o);
+    return e;
+}
+
+static enum bt_err sq_approvals_open(void *be, json_t **out, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = prep(s, S_APPROVALS_OPEN, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int(st, 1, BT_STORE__PENDING_MAX);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, approval_row(st, &bad));
+    if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "list open approvals");
+    } else if (bad) {
+        bt_fmt(err, errlen, "%s: an open approval is damaged", s->path);
         e = BT_ECORRUPT;
     }
     done(st);
@@ -1543,9 +2645,27 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .step_add = sq_step_add,
     .step_set = sq_step_set,
     .execution_get = sq_execution_get,
+    .execution_transition = sq_execution_transition,
+    .execution_own = sq_execution_own,
+    .execution_progress = sq_execution_progress,
+    .executions_running = sq_executions_running,
+    .locks_acquire = sq_locks_acquire,
+    .locks_release = sq_locks_release,
+    .locks_list = sq_locks_list,
+    .job_add = sq_job_add,
+    .job_claim = sq_job_claim,
+    .job_heartbeat = sq_job_heartbeat,
+    .job_finish = sq_job_finish,
+    .jobs_of = sq_jobs_of,
+    .notify = sq_notify,
+    .notifications = sq_notifications,
+    .notification_delivered = sq_notification_delivered,
     .approval_add = sq_approval_add,
     .approval_get = sq_approval_get,
     .approvals_pending = sq_approvals_pending,
+    .approval_update = sq_approval_update,
+    .approval_decisions = sq_approval_decisions,
+    .approvals_open = sq_approvals_open,
     .setting_ensure = sq_setting_ensure,
     .audit_append = sq_audit_append,
     .audit_list = sq_audit_list,
