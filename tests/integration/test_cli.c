@@ -14,94 +14,11 @@
 #include <unistd.h>
 
 #include "bot/util.h"
+#include "harness.h"
 #include "test.h"
-
-#define RUN_TIMEOUT_MS 60000
 
 static char tmp[] = "/tmp/bt-cli-XXXXXX";
 static char store[600];
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-struct out {
-    int code;
-    char *out;
-    char *err;
-};
-
-static void out_free(struct out *o)
-{
-    free(o->out);
-    free(o->err);
-}
-
-/* Run baton with args (NULL-terminated) in cwd (NULL: here) with one extra
- * environment assignment (or NULL); capture both streams; bounded wait. */
-static struct out run_in(const char *cwd, const char *env_kv, const char *const *args)
-{
-    struct out o = {.code = -1};
-    int po[2], pe[2];
-    if (pipe(po) || pipe(pe))
-        return o;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        close(po[0]);
-        close(pe[0]);
-        if (cwd && chdir(cwd) != 0)
-            _exit(127);
-        if (env_kv)
-            putenv((char *)env_kv);
-        const char *argv[64] = {BATON_BIN};
-        size_t n = 1;
-        for (; args[n - 1] && n < 63; n++)
-            argv[n] = args[n - 1];
-        argv[n] = NULL;
-        execv(BATON_BIN, (char *const *)argv);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    bt_buf bo = BT_BUF_INIT(0), be = BT_BUF_INIT(0);
-    struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
-    int open_fds = 2;
-    int64_t deadline = bt_mono_ms() + RUN_TIMEOUT_MS;
-    while (open_fds > 0 && bt_mono_ms() < deadline) {
-        if (poll(fds, 2, 1000) < 0 && errno != EINTR)
-            break;
-        for (int i = 0; i < 2; i++) {
-            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP)))
-                continue;
-            char buf[4096];
-            ssize_t k = read(fds[i].fd, buf, sizeof buf);
-            if (k <= 0) {
-                close(fds[i].fd);
-                fds[i].fd = -1;
-                open_fds--;
-            } else {
-                bt_buf_append(i ? &be : &bo, buf, (size_t)k);
-            }
-        }
-    }
-    for (int i = 0; i < 2; i++)
-        if (fds[i].fd >= 0)
-            close(fds[i].fd);
-    if (open_fds > 0)
-        kill(pid, SIGKILL);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    o.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    o.out = bt_buf_steal(&bo);
-    o.err = bt_buf_steal(&be);
-    return o;
-}
 
 #define BATON(...) run_in(NULL, NULL, (const char *const[]){__VA_ARGS__, NULL})
 #define CFG "--config", BT_SOURCE_DIR "/config", "--store", store
@@ -341,6 +258,6 @@ int main(void)
     RUN(test_store_failures);
     RUN(test_default_locations);
     RUN(test_audit_and_status);
-    nftw(tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    rm_tree(tmp);
     return bt_test_finish();
 }
