@@ -614,6 +614,41 @@ json_t *bt_pipeline_pending(bt_pipeline *p)
     return bt_approvals_list_pending(p->approvals);
 }
 
+/* Reminders, escalations and expiries reach people as notifications, shown
+ * on their next command (or pushed by a front-end). */
+static void notify_event(bt_pipeline *p, const json_t *ev, const char *type, const char *aid)
+{
+    long long level = json_integer_value(json_object_get(ev, "level"));
+    char *text;
+    if (strcmp(type, "reminder") == 0)
+        text = bt_asprintf("Reminder: approval %s (level %lld) is waiting for your decision: "
+                           "baton approve %s, or baton deny %s.",
+                           aid, level, aid, aid);
+    else if (strcmp(type, "escalation") == 0)
+        text = bt_asprintf("Escalated to %s: approval %s (level %lld) has waited too long for a "
+                           "decision: baton approve %s, or baton deny %s.",
+                           json_string_value(json_object_get(ev, "group"))
+                               ? json_string_value(json_object_get(ev, "group"))
+                               : "you",
+                           aid, level, aid, aid);
+    else if (strcmp(type, "expired") == 0)
+        text = bt_asprintf("Approval %s (level %lld) expired before enough people decided; "
+                           "nothing ran. Ask again to start over.",
+                           aid, level);
+    else
+        return;
+    char err[BT_ERRLEN];
+    size_t i;
+    json_t *u;
+    json_array_foreach(json_object_get(ev, "notify"), i, u)
+    {
+        const char *user = json_string_value(u);
+        if (user && bt_store_notify_user(p->store, user, NULL, text, err, sizeof err) != BT_OK)
+            bt_log(BT_LOG_WARN, "pipeline", NULL, "notify %s: %s", user, err);
+    }
+    free(text);
+}
+
 json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms)
 {
     json_t *events = bt_approvals_sweep(p->approvals, now_ms);
@@ -622,7 +657,11 @@ json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms)
     json_array_foreach(events, i, ev)
     {
         const char *type = json_string_value(json_object_get(ev, "type"));
-        if (!type || strcmp(type, "expired") != 0)
+        const char *aid = json_string_value(json_object_get(ev, "approval_id"));
+        if (!type || !aid)
+            continue;
+        notify_event(p, ev, type, aid);
+        if (strcmp(type, "expired") != 0)
             continue;
         /* An expired approval's plan never runs: end its execution. */
         json_t *ap =

@@ -906,6 +906,22 @@ enum bt_err bt_store_notify(bt_store *st, const char *execution_id, const char *
     return st->ops->notify(st->be, execution_id, text, err, errlen);
 }
 
+/* bt_store_notify_user: see store.h. */
+enum bt_err bt_store_notify_user(bt_store *st, const char *user, const char *execution_id,
+                                 const char *text, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st)
+        return no_store(err, errlen);
+    if ((e = check_id(user, "user", err, errlen)) != BT_OK ||
+        (execution_id && (e = check_id(execution_id, "execution id", err, errlen)) != BT_OK) ||
+        (e = check_bounded_text(text, true, NOTIFY_TEXT_MAX, "notification text", err, errlen)) !=
+            BT_OK)
+        return e;
+    return st->ops->notify_user(st->be, user, execution_id, text, err, errlen);
+}
+
 /* bt_store_notifications: see store.h. */
 enum bt_err bt_store_notifications(bt_store *st, const char *user, bool undelivered, long limit,
                                    json_t **out, char *err, size_t errlen)

@@ -203,6 +203,10 @@ enum bt_err bt_store_jobs_of(bt_store *st, const char *execution_id, json_t **ou
  * 4096 bytes of UTF-8. */
 enum bt_err bt_store_notify(bt_store *st, const char *execution_id, const char *text, char *err,
                             size_t errlen);
+/* A notification for one user (execution_id may be NULL), e.g. an
+ * approval reminder for an approver. */
+enum bt_err bt_store_notify_user(bt_store *st, const char *user, const char *execution_id,
+                                 const char *text, char *err, size_t errlen);
 /* Notifications for user (NULL: everyone), oldest first, at most limit
  * (1..10000); only undelivered ones when undelivered is true. New array of
  * {notification_id, user, execution_id, text, created_ms, delivered_ms}. */

@@ -174,6 +174,8 @@ struct bt_store__ops {
                            size_t errlen);
     enum bt_err (*notify)(void *be, const char *execution_id, const char *text, char *err,
                           size_t errlen);
+    enum bt_err (*notify_user)(void *be, const char *user, const char *execution_id,
+                               const char *text, char *err, size_t errlen);
     enum bt_err (*notifications)(void *be, const char *user, bool undelivered, long limit,
                                  json_t **out, char *err, size_t errlen);
     enum bt_err (*notification_delivered)(void *be, long long notification_id, char *err,

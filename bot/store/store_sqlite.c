@@ -1265,6 +1265,7 @@ enum sx_stmt {
     SX_JOB_FINISH,
     SX_JOBS_OF,
     SX_NOTIFY,
+    SX_NOTIFY_USER,
     SX_NOTIFICATIONS,
     SX_NOTIFIED,
     SX__COUNT
@@ -1347,6 +1348,8 @@ static const char *const sx_sql[SX__COUNT] = {
     [SX_NOTIFY] = "INSERT INTO notifications(user_id, execution_id, text, created_ms)"
                   " SELECT r.user_id, e.execution_id, ?2, ?3 FROM executions e" SQ_REQUEST_OF(
                       "e") " WHERE e.execution_id = ?1",
+    [SX_NOTIFY_USER] = "INSERT INTO notifications(user_id, execution_id, text, created_ms)"
+                       " VALUES (?1, ?2, ?3, ?4)",
     [SX_NOTIFICATIONS] = "SELECT notification_id, user_id, execution_id, text, created_ms,"
                          " delivered_ms FROM notifications WHERE (?1 IS NULL OR user_id = ?1)"
                          " AND (?2 = 0 OR delivered_ms IS NULL)"
@@ -1989,6 +1992,25 @@ static enum bt_err sq_notify(void *be, const char *execution_id, const char *tex
         bt_fmt(err, errlen, "%s: no execution '%.64s'", s->path, execution_id);
         e = BT_ENOENT;
     }
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_notify_user(void *be, const char *user, const char *execution_id,
+                                  const char *text, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_NOTIFY_USER, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, user);
+    bind_text(st, 2, execution_id);
+    bind_text(st, 3, text);
+    sqlite3_bind_int64(st, 4, bt_wall_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "notify %.64s", user);
     done(st);
     return e;
 }
@@ -2658,6 +2680,7 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .job_finish = sq_job_finish,
     .jobs_of = sq_jobs_of,
     .notify = sq_notify,
+    .notify_user = sq_notify_user,
     .notifications = sq_notifications,
     .notification_delivered = sq_notification_delivered,
     .approval_add = sq_approval_add,

@@ -147,6 +147,49 @@ static void test_clarify_unknown_help(void)
     json_decref(r);
 }
 
+static void test_reminders_reach_approvers(void)
+{
+    json_t *r = ask("restart nginx on web-01", "alice");
+    CHECK_STR(s(r, "kind"), "approval");
+    const char *id = s(r, "approval_id");
+    json_t *drain = bt_pipeline_notices(pipe_, "bob");
+    json_decref(drain);
+
+    /* level 1 reminds after 3 minutes and expires after 5 */
+    json_t *ev = bt_pipeline_sweep(pipe_, bt_wall_ms() + 4 * 60 * 1000);
+    CHECK(json_array_size(ev) >= 1);
+    json_decref(ev);
+    json_t *notes = bt_pipeline_notices(pipe_, "bob");
+    bool reminded = false;
+    size_t i;
+    json_t *n;
+    json_array_foreach(notes, i, n) reminded =
+        reminded || (strstr(s(n, "text"), "Reminder") && strstr(s(n, "text"), id));
+    CHECK_MSG(reminded, "bob was not reminded of %s", id);
+    json_decref(notes);
+    notes = bt_pipeline_notices(pipe_, "bob"); /* shown once */
+    CHECK_INT(json_array_size(notes), 0);
+    json_decref(notes);
+
+    ev = bt_pipeline_sweep(pipe_, bt_wall_ms() + 6 * 60 * 1000);
+    json_decref(ev);
+    json_t *d = bt_pipeline_decide(pipe_, id, "alice", "approve", -1, "test", NULL);
+    CHECK_STR(s(d, "kind"), "error");
+    CHECK_MSG(strstr(s(d, "text"), "expired") != NULL, "%s", s(d, "text"));
+    json_decref(d);
+
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    CHECK(bt_store_open(store_path, &st, err, sizeof err) == BT_OK);
+    json_t *ex = NULL;
+    CHECK(bt_store_execution_get(st, s(json_object_get(r, "execution"), "execution_id"), &ex, err,
+                                 sizeof err) == BT_OK);
+    CHECK_STR(s(ex, "state"), "cancelled");
+    json_decref(ex);
+    bt_store_close(st);
+    json_decref(r);
+}
+
 static void test_audit_chain_holds(void)
 {
     bt_store *st = NULL;
@@ -178,6 +221,7 @@ int main(void)
         RUN(test_levels_by_risk_and_environment);
         RUN(test_viewer_refused);
         RUN(test_clarify_unknown_help);
+        RUN(test_reminders_reach_approvers);
         RUN(test_audit_chain_holds);
     }
     bt_pipeline_free(pipe_);
