@@ -320,29 +320,9 @@ static int by_count_then_label(const void *pa, const void *pb)
                       json_string_value(json_object_get(b, "label")));
 }
 
-static json_t *breakdown(const json_t *assets)
+/* Label and order the per-kind counts the store computed. Steals groups. */
+static json_t *breakdown(json_t *groups)
 {
-    json_t *groups = json_array();
-    for (size_t i = 0; i < json_array_size(assets); i++) {
-        json_t *a = json_array_get(assets, i);
-        const char *os = json_string_value(json_object_get(a, "os"));
-        const char *role = json_string_value(json_object_get(a, "role"));
-        os = os ? os : "unknown";
-        role = role ? role : "unknown";
-        json_t *g = NULL;
-        for (size_t k = 0; k < json_array_size(groups) && !g; k++) {
-            json_t *c = json_array_get(groups, k);
-            if (strcmp(json_string_value(json_object_get(c, "os")), os) == 0 &&
-                strcmp(json_string_value(json_object_get(c, "role")), role) == 0)
-                g = c;
-        }
-        if (!g) {
-            g = json_pack("{s:s, s:s, s:I}", "os", os, "role", role, "count", (json_int_t)0);
-            json_array_append_new(groups, g);
-        }
-        json_object_set_new(g, "count",
-                            json_integer(json_integer_value(json_object_get(g, "count")) + 1));
-    }
     size_t n = json_array_size(groups);
     json_t **items = bt_calloc(n ? n : 1, sizeof(json_t *));
     for (size_t k = 0; k < n; k++) {
@@ -370,25 +350,17 @@ static enum bt_err op_count(bt_store *st, const json_t *inputs, json_t **result,
     enum bt_err e = make_filter(inputs, false, &f, err, errlen);
     if (e != BT_OK)
         return e;
-    long long total = 0;
-    json_t *assets = NULL;
+    /* One grouped query gives both the breakdown and the total. */
+    json_t *counts = NULL;
     char serr[BT_ERRLEN];
-    if ((e = bt_store_assets_count(st, f, &total, serr, sizeof serr)) != BT_OK) {
+    if ((e = bt_store_assets_breakdown(st, f, &counts, serr, sizeof serr)) != BT_OK) {
         json_decref(f);
         return store_error(e, serr, err, errlen);
     }
-    /* The breakdown is computed from the matching assets themselves (capped;
-     * an inventory past the cap gets a breakdown of its first part). */
-    json_t *q = json_deep_copy(f);
-    json_object_set_new(q, "limit", json_integer(BUILTIN_QUERY_MAX));
-    e = bt_store_assets_query(st, q, &assets, serr, sizeof serr);
-    json_decref(q);
-    if (e != BT_OK) {
-        json_decref(f);
-        return store_error(e, serr, err, errlen);
-    }
-    json_t *groups = breakdown(assets);
-    json_decref(assets);
+    long long total = 0;
+    for (size_t k = 0; k < json_array_size(counts); k++)
+        total += json_integer_value(json_object_get(json_array_get(counts, k), "count"));
+    json_t *groups = breakdown(counts);
 
     bt_buf text = BT_BUF_INIT(16384);
     if (total == 0) {

@@ -33,7 +33,18 @@ struct bt_pipeline {
     bt_approvals *approvals;
     struct bt_execute_config exec_conf;
     bt_execute *exec;
+    bool batch_open; /* a request's records are being written as one unit */
 };
+
+/* Close the request's unit of records. Nothing may act on them before this
+ * returns BT_OK: if the commit fails, none of them exist. */
+static enum bt_err end_batch(bt_pipeline *p, char *err, size_t errlen)
+{
+    if (!p->batch_open)
+        return BT_OK;
+    p->batch_open = false;
+    return bt_store_batch_end(p->store, true, err, errlen);
+}
 
 /* Every step of every intent's plan must name a tool in tools.yaml and only
  * inputs that tool declares: checked once here so a typo in a catalog is a
@@ -352,6 +363,12 @@ static void run_plan(bt_pipeline *p, json_t *r, const json_t *plan, const char *
 {
     /* A released level-3 step runs now: the approver waits to see its
      * result before releasing the next. */
+    char err[BT_ERRLEN];
+    if (end_batch(p, err, sizeof err) != BT_OK) {
+        json_object_set_new(r, "error", json_string("store"));
+        set_text(r, "error", bt_asprintf("I could not record the plan, so nothing ran: %s", err));
+        return;
+    }
     json_t *exec =
         bt_execute_run(p->exec, exec_id, only, only >= 0 ? BT_EXECUTE_NOW : BT_EXECUTE_AUTO, actor);
     const char *state = json_string_value(json_object_get(exec, "state"));
@@ -451,6 +468,10 @@ json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, c
     /* The request is on record before anything is decided about it. Text
      * that is not valid UTF-8 is stored as a marker: the store keeps text. */
     const char *stored = text && bt_utf8_valid(text, strlen(text)) ? text : "(not valid UTF-8)";
+    /* The request, its decision, plan, execution, approval and their audit
+     * entries are one unit: one commit instead of a dozen, and never half
+     * of them on record. Without a batch each write commits on its own. */
+    p->batch_open = bt_store_batch_begin(p->store, err, sizeof err) == BT_OK;
     if (bt_store_request_add(p->store, rid, actor, channel ? channel : "cli", stored, err,
                              sizeof err) != BT_OK) {
         json_t *r =
@@ -459,6 +480,9 @@ json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, c
                             json_string("I could not record the request, so I did "
                                         "nothing with it."));
         bt_log(BT_LOG_ERROR, "pipeline", rid, "store: %s", err);
+        if (p->batch_open)
+            bt_store_batch_end(p->store, false, err, sizeof err);
+        p->batch_open = false;
         return r;
     }
     bt_log(BT_LOG_INFO, "pipeline", rid, "request from %s", actor);
@@ -480,6 +504,12 @@ json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, c
     else if (strcmp(kind, "error") == 0 && json_is_object(json_object_get(r, "plan")))
         audit(p, rid, actor, "request_refused",
               json_pack("{s:O}", "reason", json_object_get(r, "text")));
+    if (end_batch(p, err, sizeof err) != BT_OK) {
+        bt_log(BT_LOG_ERROR, "pipeline", rid, "store: %s", err);
+        json_object_set_new(r, "error", json_string("store"));
+        set_text(r, "error",
+                 bt_asprintf("I could not record the request, so nothing was done: %s", err));
+    }
     bt_log(BT_LOG_INFO, "pipeline", rid, "answered: %s",
            json_string_value(json_object_get(r, "kind")));
     return r;

@@ -416,6 +416,23 @@ enum bt_err bt_store_assets_count(bt_store *st, const json_t *filter, long long 
     return st->ops->assets_count(st->be, &f, count, err, errlen);
 }
 
+/* bt_store_assets_breakdown: see store.h. */
+enum bt_err bt_store_assets_breakdown(bt_store *st, const json_t *filter, json_t **out, char *err,
+                                      size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!out || !st) {
+        bt_fmt(err, errlen, "store: bad arguments to assets_breakdown");
+        return BT_EINVAL;
+    }
+    *out = NULL;
+    struct bt_store__asset_filter f;
+    enum bt_err e = filter_parse(filter, &f, err, errlen);
+    if (e != BT_OK)
+        return e;
+    return st->ops->assets_breakdown(st->be, &f, out, err, errlen);
+}
+
 /* ---- requests, decisions, plans ----------------------------------------- */
 
 /* bt_store_request_add: see store.h. user and channel may be NULL; text is
@@ -904,6 +921,24 @@ enum bt_err bt_store_notify(bt_store *st, const char *execution_id, const char *
             BT_OK)
         return e;
     return st->ops->notify(st->be, execution_id, text, err, errlen);
+}
+
+/* bt_store_batch_begin: see store.h. */
+enum bt_err bt_store_batch_begin(bt_store *st, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st)
+        return no_store(err, errlen);
+    return st->ops->batch_begin(st->be, err, errlen);
+}
+
+/* bt_store_batch_end: see store.h. */
+enum bt_err bt_store_batch_end(bt_store *st, bool commit, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st)
+        return no_store(err, errlen);
+    return st->ops->batch_end(st->be, commit, err, errlen);
 }
 
 /* bt_store_notify_user: see store.h. */

@@ -39,6 +39,17 @@ void bt_store_close(bt_store *st);
 /* Schema version of the open store. */
 int bt_store_schema_version(bt_store *st);
 
+/* Group the writes that follow into one unit: everything written between
+ * bt_store_batch_begin and bt_store_batch_end(commit=true) is committed
+ * together, or (commit=false, or a failed commit) not at all. Each
+ * operation inside stays all-or-nothing on its own (a failed one leaves the
+ * batch as it was). Batches do not nest. Use them for writes that belong
+ * together and come before anything is acted on; a write that must be on
+ * record before an action (a step marked running) must not wait in an open
+ * batch. */
+enum bt_err bt_store_batch_begin(bt_store *st, char *err, size_t errlen);
+enum bt_err bt_store_batch_end(bt_store *st, bool commit, char *err, size_t errlen);
+
 /* ---- assets ------------------------------------------------------------
  * An asset is a JSON object with at least: name, hostname, ip, os
  * ("windows"|"linux"), os_version, role, environment, status, datacenter,
@@ -66,6 +77,10 @@ enum bt_err bt_store_assets_query(bt_store *st, const json_t *filter, json_t **o
 /* Number of assets matching filter (same keys; limit/offset ignored). */
 enum bt_err bt_store_assets_count(bt_store *st, const json_t *filter, long long *count, char *err,
                                   size_t errlen);
+/* Number of matching assets per kind: new array of {os, role, count},
+ * most numerous first (same filter keys; limit/offset ignored). */
+enum bt_err bt_store_assets_breakdown(bt_store *st, const json_t *filter, json_t **out, char *err,
+                                      size_t errlen);
 
 /* ---- requests, decisions, plans ---------------------------------------- */
 

@@ -112,12 +112,16 @@ struct bt_store__ops {
     enum bt_err (*open)(const char *target, void **be, char *err, size_t errlen);
     void (*close)(void *be);
     int (*schema_version)(void *be);
+    enum bt_err (*batch_begin)(void *be, char *err, size_t errlen);
+    enum bt_err (*batch_end)(void *be, bool commit, char *err, size_t errlen);
 
     enum bt_err (*assets_replace)(void *be, const json_t *assets, char *err, size_t errlen);
     enum bt_err (*assets_query)(void *be, const struct bt_store__asset_filter *f, json_t **out,
                                 char *err, size_t errlen);
     enum bt_err (*assets_count)(void *be, const struct bt_store__asset_filter *f, long long *count,
                                 char *err, size_t errlen);
+    enum bt_err (*assets_breakdown)(void *be, const struct bt_store__asset_filter *f, json_t **out,
+                                    char *err, size_t errlen);
 
     enum bt_err (*request_add)(void *be, const char *request_id, const char *user,
                                const char *channel, const char *text, char *err, size_t errlen);

@@ -392,6 +392,7 @@ static const struct {
 
 /* Set in a cache key for the count statement (filter bits are below it). */
 #define SQ_DYN_COUNT (1u << 31)
+#define SQ_DYN_BREAKDOWN (1u << 30)
 /* Slots for the execution engine's cached statements. */
 #define SQ_EXEC_STMTS 32
 
@@ -407,6 +408,9 @@ struct sq {
     unsigned dyn_next;
     /* The execution engine's statements (enum sx_stmt, further down). */
     sqlite3_stmt *exec_stmt[SQ_EXEC_STMTS];
+    /* Inside bt_store_batch_begin/end: the operations' own transactions
+     * become savepoints of the batch's, so they commit with it. */
+    bool in_batch;
 };
 
 /* ---- errors -------------------------------------------------------------- */
@@ -511,13 +515,29 @@ static enum bt_err run(struct sq *s, enum sq_stmt id, char *err, size_t errlen, 
     return e != BT_OK ? e : step_done(s, st, err, errlen, what);
 }
 
+/* Run a fixed statement that needs no caching (savepoints). */
+static enum bt_err exec_fixed(struct sq *s, const char *sql, char *err, size_t errlen)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        return BT_OK;
+    bt_fmt(err, errlen, "%s: %s: %s", s->path, sql, sqlite3_errmsg(s->db));
+    return sq_code(rc);
+}
+
 static enum bt_err tx_begin(struct sq *s, bool immediate, char *err, size_t errlen)
 {
+    /* In a batch the write lock is already held: a savepoint gives the
+     * operation its own all-or-nothing part of the batch. */
+    if (s->in_batch)
+        return exec_fixed(s, "SAVEPOINT bt_op", err, errlen);
     return run(s, immediate ? S_BEGIN_IMMEDIATE : S_BEGIN, err, errlen, "begin transaction");
 }
 
 static enum bt_err tx_commit(struct sq *s, char *err, size_t errlen)
 {
+    if (s->in_batch)
+        return exec_fixed(s, "RELEASE bt_op", err, errlen);
     return run(s, S_COMMIT, err, errlen, "commit");
 }
 
@@ -528,7 +548,42 @@ static void tx_rollback(struct sq *s)
     if (sqlite3_get_autocommit(s->db))
         return;
     char ignored[BT_ERRLEN];
+    if (s->in_batch) {
+        exec_fixed(s, "ROLLBACK TO bt_op", ignored, sizeof ignored);
+        exec_fixed(s, "RELEASE bt_op", ignored, sizeof ignored);
+        return;
+    }
     run(s, S_ROLLBACK, ignored, sizeof ignored, "rollback");
+}
+
+/* bt_store_batch_begin/end for SQLite: one BEGIN IMMEDIATE around them. */
+static enum bt_err sq_batch_begin(void *be, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    if (s->in_batch || !sqlite3_get_autocommit(s->db)) {
+        bt_fmt(err, errlen, "%s: a batch is already open", s->path);
+        return BT_EINVAL;
+    }
+    enum bt_err e = run(s, S_BEGIN_IMMEDIATE, err, errlen, "begin batch");
+    if (e == BT_OK)
+        s->in_batch = true;
+    return e;
+}
+
+static enum bt_err sq_batch_end(void *be, bool commit, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    if (!s->in_batch) {
+        bt_fmt(err, errlen, "%s: no batch is open", s->path);
+        return BT_EINVAL;
+    }
+    s->in_batch = false;
+    enum bt_err e = BT_OK;
+    if (commit)
+        e = run(s, S_COMMIT, err, errlen, "commit batch");
+    if (!commit || e != BT_OK)
+        tx_rollback(s);
+    return e;
 }
 
 /* Commit, or roll back when it fails. */
@@ -907,10 +962,17 @@ static enum bt_err sq_assets_replace(void *be, const json_t *assets, char *err, 
 
 /* The cached statement for this combination of filter fields (and kind),
  * assembled from af_sql on first use. Slots are reused round-robin. */
-static enum bt_err assets_stmt(struct sq *s, const struct bt_store__asset_filter *f, bool count,
-                               sqlite3_stmt **out, char *err, size_t errlen)
+/* What an asset statement returns: the documents, their number, or their
+ * number per (os, role). */
+enum assets_shape { AS_ROWS = 0, AS_COUNT = 1, AS_BREAKDOWN = 2 };
+
+static enum bt_err assets_stmt(struct sq *s, const struct bt_store__asset_filter *f,
+                               enum assets_shape shape, sqlite3_stmt **out, char *err,
+                               size_t errlen)
 {
-    uint32_t key = f->present | (count ? SQ_DYN_COUNT : 0);
+    bool count = shape == AS_COUNT;
+    uint32_t key =
+        f->present | (count ? SQ_DYN_COUNT : 0) | (shape == AS_BREAKDOWN ? SQ_DYN_BREAKDOWN : 0);
     for (int i = 0; i < SQ_DYN_SLOTS; i++) {
         if (s->dyn[i].stmt && s->dyn[i].key == key) {
             *out = s->dyn[i].stmt;
@@ -918,7 +980,9 @@ static enum bt_err assets_stmt(struct sq *s, const struct bt_store__asset_filter
         }
     }
     bt_buf sql = BT_BUF_INIT(8192);
-    bt_buf_puts(&sql, count ? "SELECT count(*) FROM assets" : "SELECT doc FROM assets");
+    bt_buf_puts(&sql, shape == AS_BREAKDOWN ? "SELECT os, role, count(*) FROM assets"
+                      : count               ? "SELECT count(*) FROM assets"
+                                            : "SELECT doc FROM assets");
     const char *sep = " WHERE ";
     for (int k = 0; k < BT_STORE__AF_COUNT; k++) {
         if (!(f->present & (1u << k)))
@@ -927,7 +991,9 @@ static enum bt_err assets_stmt(struct sq *s, const struct bt_store__asset_filter
         bt_buf_puts(&sql, af_sql[k].sql);
         sep = " AND ";
     }
-    if (!count)
+    if (shape == AS_BREAKDOWN)
+        bt_buf_puts(&sql, " GROUP BY os, role ORDER BY count(*) DESC, os, role");
+    else if (!count)
         bt_buf_puts(&sql, " ORDER BY name LIMIT ? OFFSET ?");
     sqlite3_stmt *st = NULL;
     int rc =
@@ -965,7 +1031,7 @@ static enum bt_err sq_assets_query(void *be, const struct bt_store__asset_filter
 {
     struct sq *s = be;
     sqlite3_stmt *st;
-    enum bt_err e = assets_stmt(s, f, false, &st, err, errlen);
+    enum bt_err e = assets_stmt(s, f, AS_ROWS, &st, err, errlen);
     if (e != BT_OK)
         return e;
     int i = assets_bind(st, f);
@@ -1000,7 +1066,7 @@ static enum bt_err sq_assets_count(void *be, const struct bt_store__asset_filter
 {
     struct sq *s = be;
     sqlite3_stmt *st;
-    enum bt_err e = assets_stmt(s, f, true, &st, err, errlen);
+    enum bt_err e = assets_stmt(s, f, AS_COUNT, &st, err, errlen);
     if (e != BT_OK)
         return e;
     assets_bind(st, f);
@@ -1010,6 +1076,37 @@ static enum bt_err sq_assets_count(void *be, const struct bt_store__asset_filter
     else
         e = sq_fail(s, rc, err, errlen, "count assets");
     done(st);
+    return e;
+}
+
+static enum bt_err sq_assets_breakdown(void *be, const struct bt_store__asset_filter *f,
+                                       json_t **out, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = assets_stmt(s, f, AS_BREAKDOWN, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    assets_bind(st, f);
+    json_t *groups = json_array();
+    int rc;
+    /* One row per (os, role) pair: bounded by the inventory's kinds. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *os = (const char *)sqlite3_column_text(st, 0);
+        const char *role = (const char *)sqlite3_column_text(st, 1);
+        json_t *g =
+            json_pack("{s:s, s:s, s:I}", "os", os ? os : "unknown", "role", role ? role : "unknown",
+                      "count", (json_int_t)sqlite3_column_int64(st, 2));
+        if (g)
+            json_array_append_new(groups, g);
+    }
+    if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "count assets by kind");
+        json_decref(groups);
+        groups = NULL;
+    }
+    done(st);
+    *out = groups;
     return e;
 }
 
@@ -2658,6 +2755,7 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .assets_replace = sq_assets_replace,
     .assets_query = sq_assets_query,
     .assets_count = sq_assets_count,
+    .assets_breakdown = sq_assets_breakdown,
     .request_add = sq_request_add,
     .decision_add = sq_decision_add,
     .plan_add = sq_plan_add,
@@ -2679,6 +2777,8 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .job_heartbeat = sq_job_heartbeat,
     .job_finish = sq_job_finish,
     .jobs_of = sq_jobs_of,
+    .batch_begin = sq_batch_begin,
+    .batch_end = sq_batch_end,
     .notify = sq_notify,
     .notify_user = sq_notify_user,
     .notifications = sq_notifications,

@@ -1047,6 +1047,41 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
     return remove(p);
 }
 
+/* A batch commits its writes together, or none of them. */
+static void test_batch(void)
+{
+    char *path = tmp_path("batch");
+    bt_store *st = open_ok(path);
+    char err[BT_ERRLEN];
+    CHECK_INT(bt_store_batch_begin(st, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_batch_begin(st, err, sizeof err), BT_EINVAL); /* no nesting */
+    CHECK_INT(bt_store_request_add(st, "11111111111111111111111111111111", "alice", "cli", "one",
+                                   err, sizeof err),
+              BT_OK);
+    CHECK_INT(bt_store_audit_append(st, NULL, "alice", "one", NULL, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_batch_end(st, false, err, sizeof err), BT_OK);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM requests"), 0);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM audit_log"), 0);
+
+    CHECK_INT(bt_store_batch_begin(st, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_request_add(st, "22222222222222222222222222222222", "alice", "cli", "two",
+                                   err, sizeof err),
+              BT_OK);
+    /* a failing operation inside leaves the rest of the batch alone */
+    CHECK(bt_store_request_add(st, "22222222222222222222222222222222", "alice", "cli", "dup", err,
+                               sizeof err) != BT_OK);
+    CHECK_INT(bt_store_audit_append(st, NULL, "alice", "two", NULL, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_audit_append(st, NULL, "alice", "three", NULL, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_batch_end(st, true, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_batch_end(st, true, err, sizeof err), BT_EINVAL);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM requests"), 1);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM audit_log"), 2);
+    long long n = 0;
+    CHECK_MSG(bt_store_audit_verify(st, &n, err, sizeof err) == BT_OK && n == 2, "%s", err);
+    bt_store_close(st);
+    free(path);
+}
+
 int main(void)
 {
     umask(022);
@@ -1056,6 +1091,7 @@ int main(void)
         return 1;
     }
     RUN(test_open_create);
+    RUN(test_batch);
     RUN(test_locations);
     RUN(test_newer_schema);
     RUN(test_corrupt);
