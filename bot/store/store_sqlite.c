@@ -2317,11 +2317,13 @@ static enum bt_err sq_approval_get(void *be, const char *approval_id, json_t **o
     return e;
 }
 
-static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_t errlen)
+/* Approvals a fixed statement lists (pending, or open), at most
+ * BT_STORE__PENDING_MAX; `which` names them in messages. */
+static enum bt_err approvals_list(struct sq *s, enum sq_stmt id, const char *which, json_t **out,
+                                  char *err, size_t errlen)
 {
-    struct sq *s = be;
     sqlite3_stmt *st;
-    enum bt_err e = prep(s, S_APPROVALS_PENDING, &st, err, errlen);
+    enum bt_err e = prep(s, id, &st, err, errlen);
     if (e != BT_OK)
         return e;
     sqlite3_bind_int(st, 1, BT_STORE__PENDING_MAX);
@@ -2331,9 +2333,9 @@ static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         json_array_append_new(arr, approval_row(st, &bad));
     if (rc != SQLITE_DONE) {
-        e = sq_fail(s, rc, err, errlen, "list pending approvals");
+        e = sq_fail(s, rc, err, errlen, "list %s approvals", which);
     } else if (bad) {
-        bt_fmt(err, errlen, "%s: a pending approval is damaged", s->path);
+        bt_fmt(err, errlen, "%s: one of the %s approvals is damaged", s->path, which);
         e = BT_ECORRUPT;
     }
     done(st);
@@ -2343,6 +2345,11 @@ static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_
     }
     *out = arr;
     return BT_OK;
+}
+
+static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_t errlen)
+{
+    return approvals_list(be, S_APPROVALS_PENDING, "pending", out, err, errlen);
 }
 
 /* ---- approval dialogue ------------------------------------------------------ */
@@ -2487,30 +2494,7 @@ static enum bt_err sq_approval_update(void *be, const char *approval_id,
 
 static enum bt_err sq_approvals_open(void *be, json_t **out, char *err, size_t errlen)
 {
-    struct sq *s = be;
-    sqlite3_stmt *st;
-    enum bt_err e = prep(s, S_APPROVALS_OPEN, &st, err, errlen);
-    if (e != BT_OK)
-        return e;
-    sqlite3_bind_int(st, 1, BT_STORE__PENDING_MAX);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, approval_row(st, &bad));
-    if (rc != SQLITE_DONE) {
-        e = sq_fail(s, rc, err, errlen, "list open approvals");
-    } else if (bad) {
-        bt_fmt(err, errlen, "%s: an open approval is damaged", s->path);
-        e = BT_ECORRUPT;
-    }
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    return approvals_list(be, S_APPROVALS_OPEN, "open", out, err, errlen);
 }
 
 /* ---- settings -------------------------------------------------------------- */
