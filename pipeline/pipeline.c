@@ -84,6 +84,43 @@ static void check_intent_plans(bt_pipeline *p, bt_diag *d)
     }
 }
 
+/* How long after its last decision an approved plan that has not started
+ * counts as abandoned by the process that decided it. */
+#define UNSTARTED_GRACE_MS 60000
+
+/* Nothing approved is lost: a plan whose approval was committed by a
+ * process that died before starting it goes to the background queue (it
+ * never ran, so this is not a re-run), and the requester is told. */
+static void resume_unstarted(bt_pipeline *p)
+{
+    char err[BT_ERRLEN];
+    json_t *list = NULL;
+    if (bt_store_approvals_unstarted(p->store, bt_wall_ms() - UNSTARTED_GRACE_MS, &list, err,
+                                     sizeof err) != BT_OK) {
+        bt_log(BT_LOG_ERROR, "pipeline", NULL, "recovery: %s", err);
+        return;
+    }
+    size_t i;
+    json_t *ap;
+    json_array_foreach(list, i, ap)
+    {
+        const char *exec_id = json_string_value(json_object_get(ap, "execution_id"));
+        if (!exec_id || bt_store_execution_transition(p->store, exec_id, "pending_approval",
+                                                      "approved", NULL, err, sizeof err) != BT_OK)
+            continue; /* someone else got there first */
+        json_t *r = bt_execute_run(p->exec, exec_id, -1, BT_EXECUTE_BACKGROUND, "baton");
+        char *text = bt_asprintf("Execution %.8s was approved but had not started when baton "
+                                 "stopped; it is now queued and runs in the background "
+                                 "(baton status %s).",
+                                 exec_id, exec_id);
+        bt_store_notify(p->store, exec_id, text, err, sizeof err);
+        bt_log(BT_LOG_WARN, "pipeline", NULL, "%s", text);
+        free(text);
+        json_decref(r);
+    }
+    json_decref(list);
+}
+
 bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, bt_diag *d)
 {
     size_t before = bt_diag_count(d);
@@ -151,6 +188,7 @@ bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, b
                json_string_value(json_object_get(rec, "message")));
     }
     json_decref(recovered);
+    resume_unstarted(p);
     return p;
 }
 

@@ -1124,6 +1124,17 @@ enum bt_err bt_store_approval_decisions(bt_store *st, const char *approval_id, j
     return st->ops->approval_decisions(st->be, approval_id, out, err, errlen);
 }
 
+/* bt_store_approvals_unstarted: see store.h. */
+enum bt_err bt_store_approvals_unstarted(bt_store *st, int64_t decided_before_ms, json_t **out,
+                                         char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st || !out)
+        return bad_args("approvals_unstarted", err, errlen);
+    *out = NULL;
+    return st->ops->approvals_unstarted(st->be, decided_before_ms, out, err, errlen);
+}
+
 /* bt_store_approvals_open: see store.h. Like bt_store_approvals_pending,
  * regardless of expires_ms; at most BT_STORE__PENDING_MAX per call. */
 enum bt_err bt_store_approvals_open(bt_store *st, json_t **out, char *err, size_t errlen)

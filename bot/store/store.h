@@ -300,6 +300,12 @@ enum bt_err bt_store_approval_decisions(bt_store *st, const char *approval_id, j
 /* Approvals still open (state pending or releasing), oldest first, at most
  * 10000 per call: new array of bt_store_approval_get's objects. */
 enum bt_err bt_store_approvals_open(bt_store *st, json_t **out, char *err, size_t errlen);
+/* Approved plans of level 1 or 2 whose execution is still pending_approval
+ * and whose last decision came before decided_before_ms: the process that
+ * decided them stopped before starting them (crash recovery). New array of
+ * approval objects, oldest first. */
+enum bt_err bt_store_approvals_unstarted(bt_store *st, int64_t decided_before_ms, json_t **out,
+                                         char *err, size_t errlen);
 
 /* ---- key/value settings (e.g. a generated signing key) ------------------ */
 /* Set key to value only if absent; *out is then the stored value (new). */

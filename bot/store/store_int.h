@@ -201,6 +201,8 @@ struct bt_store__ops {
     enum bt_err (*approval_decisions)(void *be, const char *approval_id, json_t **out, char *err,
                                       size_t errlen);
     enum bt_err (*approvals_open)(void *be, json_t **out, char *err, size_t errlen);
+    enum bt_err (*approvals_unstarted)(void *be, int64_t decided_before_ms, json_t **out, char *err,
+                                       size_t errlen);
 
     enum bt_err (*setting_ensure)(void *be, const char *key, const char *value, char **out,
                                   char *err, size_t errlen);

@@ -281,6 +281,7 @@ enum sq_stmt {
     S_APPROVAL_STATE,
     S_APPROVAL_MARK,
     S_APPROVALS_OPEN,
+    S_APPROVALS_UNSTARTED,
     S_SETTING_INSERT,
     S_SETTING_GET,
     S_AUDIT_LAST,
@@ -351,6 +352,17 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_APPROVALS_OPEN] = "SELECT " SQ_APPROVAL_COLS " FROM approvals"
                          " WHERE state IN ('pending', 'releasing')"
                          " ORDER BY created_ms, rowid LIMIT ?",
+    /* Approved whole plans (levels 1 and 2) whose execution never left
+     * pending_approval, decided before ?1: the decider died before starting
+     * them. The prefix on the columns keeps them the approval's. */
+    [S_APPROVALS_UNSTARTED] =
+        "SELECT a.approval_id, a.plan_id, a.execution_id, a.level, a.requirement_json, a.state,"
+        " a.expires_ms, a.created_ms FROM approvals a"
+        " JOIN executions e ON e.execution_id = a.execution_id"
+        " WHERE a.state = 'approved' AND a.level < 3 AND e.state = 'pending_approval'"
+        " AND NOT EXISTS (SELECT 1 FROM approval_decisions d WHERE d.approval_id = a.approval_id"
+        " AND d.ts_ms >= ?1)"
+        " ORDER BY a.created_ms, a.rowid LIMIT ?2",
     [S_SETTING_INSERT] = "INSERT OR IGNORE INTO settings(key, value, created_ms) VALUES (?, ?, ?)",
     [S_SETTING_GET] = "SELECT value FROM settings WHERE key = ?",
     [S_AUDIT_LAST] = "SELECT seq, ts_ms, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -2492,6 +2504,32 @@ static enum bt_err sq_approval_update(void *be, const char *approval_id,
     return e;
 }
 
+static enum bt_err sq_approvals_unstarted(void *be, int64_t decided_before_ms, json_t **out,
+                                          char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = prep(s, S_APPROVALS_UNSTARTED, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int64(st, 1, decided_before_ms);
+    sqlite3_bind_int(st, 2, BT_STORE__PENDING_MAX);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, approval_row(st, &bad));
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list approved plans that never started");
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
 static enum bt_err sq_approvals_open(void *be, json_t **out, char *err, size_t errlen)
 {
     return approvals_list(be, S_APPROVALS_OPEN, "open", out, err, errlen);
@@ -2773,6 +2811,7 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .approval_update = sq_approval_update,
     .approval_decisions = sq_approval_decisions,
     .approvals_open = sq_approvals_open,
+    .approvals_unstarted = sq_approvals_unstarted,
     .setting_ensure = sq_setting_ensure,
     .audit_append = sq_audit_append,
     .audit_list = sq_audit_list,

@@ -2,6 +2,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
+#include "approvals/approvals.h"
+#include "approvals/policy.h"
 #include "bot/conf.h"
 #include "bot/store/store.h"
 #include "pipeline/pipeline.h"
@@ -190,6 +194,56 @@ static void test_reminders_reach_approvers(void)
     json_decref(r);
 }
 
+/* The decider died between committing an approval and starting its plan:
+ * the next baton to start queues the plan and tells the requester. */
+static void test_approved_but_unstarted_is_queued(void)
+{
+    json_t *r = ask("restart nginx on web-01", "alice");
+    const char *exec_id = s(json_object_get(r, "execution"), "execution_id");
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    CHECK(bt_store_open(store_path, &st, err, sizeof err) == BT_OK);
+    bt_diag *d = bt_diag_new();
+    bt_policy *pol = bt_policy_new(cfg, d);
+    bt_approvals *ap = bt_approvals_new(st, pol, err, sizeof err);
+    json_t *dec = bt_approvals_decide(ap, s(r, "approval_id"), "alice", "approve", -1, "test");
+    CHECK_STR(s(dec, "run"), "plan"); /* ... and the process "dies" here */
+    json_decref(dec);
+    bt_approvals_free(ap);
+    bt_policy_free(pol);
+    bt_diag_free(d);
+
+    /* within the grace period nothing is touched: the decider may be busy */
+    d = bt_diag_new();
+    bt_pipeline *second = bt_pipeline_new(cfg, store_path, d);
+    bt_pipeline_free(second);
+    json_t *ex = NULL;
+    CHECK(bt_store_execution_get(st, exec_id, &ex, err, sizeof err) == BT_OK);
+    CHECK_STR(s(ex, "state"), "pending_approval");
+    json_decref(ex);
+
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(store_path, &db) == SQLITE_OK);
+    sqlite3_exec(db, "UPDATE approval_decisions SET ts_ms = ts_ms - 120000", NULL, NULL, NULL);
+    sqlite3_close(db);
+    second = bt_pipeline_new(cfg, store_path, d);
+    CHECK(second != NULL);
+    CHECK(bt_store_execution_get(st, exec_id, &ex, err, sizeof err) == BT_OK);
+    CHECK_STR(s(ex, "state"), "queued");
+    json_decref(ex);
+    json_t *notes = bt_pipeline_notices(second, "alice");
+    bool told = false;
+    size_t i;
+    json_t *n;
+    json_array_foreach(notes, i, n) told = told || strstr(s(n, "text"), "now queued") != NULL;
+    CHECK(told);
+    json_decref(notes);
+    bt_pipeline_free(second);
+    bt_diag_free(d);
+    bt_store_close(st);
+    json_decref(r);
+}
+
 static void test_audit_chain_holds(void)
 {
     bt_store *st = NULL;
@@ -222,6 +276,7 @@ int main(void)
         RUN(test_viewer_refused);
         RUN(test_clarify_unknown_help);
         RUN(test_reminders_reach_approvers);
+        RUN(test_approved_but_unstarted_is_queued);
         RUN(test_audit_chain_holds);
     }
     bt_pipeline_free(pipe_);
