@@ -588,12 +588,29 @@ static char *waiting_text(const json_t *ap)
     return bt_buf_steal(&b);
 }
 
-/* Turn the dialogue's answer into a response, running what it released. */
-static json_t *act_on_decision(bt_pipeline *p, json_t *d, const char *user)
+/* True when step `step` of execution exec_id has not started: a release
+ * recorded by a process that died before running it. */
+static bool step_never_started(bt_pipeline *p, const char *exec_id, int step)
+{
+    json_t *ex = NULL;
+    char err[BT_ERRLEN];
+    if (!exec_id || step < 0 || bt_store_execution_get(p->store, exec_id, &ex, err, sizeof err))
+        return false;
+    json_t *rec = json_array_get(json_object_get(ex, "steps"), (size_t)step);
+    const char *state = json_string_value(json_object_get(rec, "state"));
+    const char *xs = json_string_value(json_object_get(ex, "state"));
+    bool pending =
+        state && strcmp(state, "pending") == 0 && xs && strcmp(xs, "pending_approval") == 0;
+    json_decref(ex);
+    return pending;
+}
+
+/* Turn the dialogue's answer into a response, running what it released.
+ * step: the step the decision was about (-1: the plan). */
+static json_t *act_on_decision(bt_pipeline *p, json_t *d, const char *user, int step)
 {
     const char *status = json_string_value(json_object_get(d, "status"));
     const char *reason = json_string_value(json_object_get(d, "reason"));
-    const char *run = json_string_value(json_object_get(d, "run"));
     json_t *ap = json_object_get(d, "approval");
     json_t *r = json_pack("{s:s?, s:O?}", "status", status, "approval", ap);
     if (!status || strcmp(status, "refused") == 0) {
@@ -601,9 +618,26 @@ static json_t *act_on_decision(bt_pipeline *p, json_t *d, const char *user)
         set_text(r, "error", bt_strdup(reason ? reason : "the decision was refused"));
         return r;
     }
+    const char *run = json_string_value(json_object_get(d, "run"));
     if (strcmp(status, "already") == 0) {
-        set_text(r, "answer", bt_strdup(reason ? reason : "already decided"));
-        return r;
+        /* A released level-3 step that never ran (its releaser stopped
+         * first) runs on the next click; the engine's compare-and-set on
+         * the step keeps it from ever running twice. */
+        json_t *released = json_object_get(ap, "released_steps");
+        bool was_released = false;
+        size_t k;
+        json_t *v;
+        json_array_foreach(released, k, v) was_released =
+            was_released || json_integer_value(v) == step;
+        if (!(was_released &&
+              step_never_started(p, json_string_value(json_object_get(ap, "execution_id")),
+                                 step))) {
+            set_text(r, "answer", bt_strdup(reason ? reason : "already decided"));
+            return r;
+        }
+        json_object_set_new(d, "run", json_string("step"));
+        json_object_set_new(d, "step", json_integer(step));
+        run = "step";
     }
     const char *state = json_string_value(json_object_get(ap, "state"));
     if (state && (strcmp(state, "denied") == 0 || strcmp(state, "cancelled") == 0)) {
@@ -663,7 +697,7 @@ json_t *bt_pipeline_decide(bt_pipeline *p, const char *approval_id, const char *
 {
     json_t *d = token ? bt_approvals_decide_token(p->approvals, token, user, via)
                       : bt_approvals_decide(p->approvals, approval_id, user, decision, step, via);
-    json_t *r = act_on_decision(p, d, user);
+    json_t *r = act_on_decision(p, d, user, token ? -1 : step);
     json_decref(d);
     return r;
 }
@@ -672,7 +706,7 @@ json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *
                            const char *via)
 {
     json_t *d = bt_approvals_cancel(p->approvals, approval_id, user, via);
-    json_t *r = act_on_decision(p, d, user);
+    json_t *r = act_on_decision(p, d, user, -1);
     json_decref(d);
     return r;
 }

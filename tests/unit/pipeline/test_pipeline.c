@@ -244,6 +244,46 @@ static void test_approved_but_unstarted_is_queued(void)
     json_decref(r);
 }
 
+/* A level-3 release whose releaser died before running the step: the next
+ * click on the same release runs it, and only once. */
+static void test_released_step_that_never_ran(void)
+{
+    json_t *r = ask("delete the orders database on localhost", "alice");
+    CHECK_INT(json_integer_value(json_object_get(r, "approval_level")), 3);
+    const char *id = s(r, "approval_id");
+    const char *exec_id = s(json_object_get(r, "execution"), "execution_id");
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    CHECK(bt_store_open(store_path, &st, err, sizeof err) == BT_OK);
+    bt_diag *d = bt_diag_new();
+    bt_policy *pol = bt_policy_new(cfg, d);
+    bt_approvals *ap = bt_approvals_new(st, pol, err, sizeof err);
+    json_decref(bt_approvals_decide(ap, id, "carol", "approve", -1, "test"));
+    json_decref(bt_approvals_decide(ap, id, "erin", "approve", -1, "test"));
+    json_t *dec = bt_approvals_decide(ap, id, "bob", "approve", 0, "test");
+    CHECK_STR(s(dec, "run"), "step"); /* ... and bob's process "dies" here */
+    json_decref(dec);
+    bt_approvals_free(ap);
+    bt_policy_free(pol);
+    bt_diag_free(d);
+
+    json_t *again = bt_pipeline_decide(pipe_, id, "bob", "approve", 0, "test", NULL);
+    json_t *ex = NULL;
+    CHECK(bt_store_execution_get(st, exec_id, &ex, err, sizeof err) == BT_OK);
+    const char *st0 = s(json_array_get(json_object_get(ex, "steps"), 0), "state");
+    CHECK_MSG(strcmp(st0, "pending") != 0, "step 1 still %s: %s", st0, s(again, "text"));
+    json_decref(ex);
+    json_decref(again);
+
+    /* a third click is only "already": the step does not run again */
+    again = bt_pipeline_decide(pipe_, id, "bob", "approve", 0, "test", NULL);
+    CHECK_MSG(strstr(s(again, "text"), "already") != NULL, "%s", s(again, "text"));
+    CHECK(json_object_get(again, "execution") == NULL);
+    json_decref(again);
+    bt_store_close(st);
+    json_decref(r);
+}
+
 static void test_audit_chain_holds(void)
 {
     bt_store *st = NULL;
@@ -277,6 +317,7 @@ int main(void)
         RUN(test_clarify_unknown_help);
         RUN(test_reminders_reach_approvers);
         RUN(test_approved_but_unstarted_is_queued);
+        RUN(test_released_step_that_never_ran);
         RUN(test_audit_chain_holds);
     }
     bt_pipeline_free(pipe_);
