@@ -13,6 +13,8 @@
  *   worker [--once]                     run background executions and approval timers
  *   audit [--since WHEN] [--json] [--verify]  export or verify the audit log
  *   status EXECUTION [--json]           an execution and its steps
+ *   serve [--listen ADDR:PORT]          the daemon: console WebSocket, /healthz, /metrics
+ *   token USER                          issue a console sign-in token (printed once)
  *   version
  *
  * Exit codes are documented in docs/cli.md and never renumbered.
@@ -27,6 +29,7 @@
 
 #include "bot/conf.h"
 #include "bot/log.h"
+#include "bot/server.h"
 #include "bot/store/store.h"
 #include "bot/util.h"
 #include "pipeline/pipeline.h"
@@ -71,6 +74,8 @@ static void usage(FILE *out)
           "                                        2026-11-23T17:00:00Z, or 30m, 12h, 7d ago)\n"
           "  audit --verify                        check the audit log's hash chain\n"
           "  status EXECUTION [--json]             show an execution and its steps\n"
+          "  serve [--listen ADDR:PORT]            run the daemon (console, /healthz, /metrics)\n"
+          "  token USER                            issue a console sign-in token\n"
           "  version                               print the version\n"
           "\n"
           "--config defaults to $BATON_CONFIG, else ./config, else /etc/baton.\n"
@@ -148,6 +153,8 @@ static int cmd_check(const struct options *o)
      * never creates or changes the real one; the real store is then opened
      * on its own when it exists, to find a corrupt or newer file. */
     bt_pipeline *p = cfg ? bt_pipeline_new(cfg, ":memory:", d) : NULL;
+    if (cfg)
+        bt_server_check_config(cfg, d);
     const char *loc = o->store ? o->store : json_string_value(bt_config_get(cfg, "store.location"));
     if (!loc)
         loc = "var/baton.db";
@@ -554,8 +561,8 @@ static int cmd_status(const struct options *o, int argc, char **argv, int i)
     return EXIT_ANSWERED;
 }
 
-/* Set by SIGTERM/SIGINT so `baton worker` finishes the job in hand and
- * stops: a signal handler can only set a flag, hence the one static. */
+/* Set by SIGTERM/SIGINT so `baton worker` (and `baton serve`) finishes the
+ * job in hand and stops: a signal handler can only set a flag, hence the one static. */
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop_signal(int sig)
@@ -607,6 +614,98 @@ static int cmd_worker(struct options *o, int argc, char **argv, int i)
     bt_log(BT_LOG_INFO, "worker", NULL, "worker stopped");
     bt_pipeline_free(p);
     bt_config_free(cfg);
+    return EXIT_ANSWERED;
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* baton serve [--listen ADDR:PORT]: run the daemon until SIGTERM/SIGINT. */
+static int cmd_serve(struct options *o, int argc, char **argv, int i)
+{
+    const char *listen = NULL;
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
+            listen = argv[++i];
+        } else {
+            fprintf(stderr, "baton serve: unexpected argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    bt_diag *d = bt_diag_new();
+    char *dir = NULL;
+    bt_config *cfg = load_config(o, d, &dir);
+    if (cfg) {
+        apply_log_level(cfg);
+        bt_server_check_config(cfg, d);
+    }
+    if (!cfg || bt_diag_count(d)) {
+        fprintf(stderr, "baton: cannot start: %zu configuration problem%s in %s:\n",
+                bt_diag_count(d), bt_diag_count(d) == 1 ? "" : "s", dir);
+        print_diag(d);
+        bt_config_free(cfg);
+        bt_diag_free(d);
+        free(dir);
+        return EXIT_CONFIG;
+    }
+    bt_diag_free(d);
+    free(dir);
+    catch_stop_signals();
+    char err[BT_ERRLEN] = "";
+    enum bt_err e = bt_server_run(cfg, listen, o->store, &stop_requested, err, sizeof err);
+    bt_config_free(cfg);
+    if (e != BT_OK) {
+        fprintf(stderr, "baton serve: %s\n", err);
+        return e == BT_ECONFIG || e == BT_EINVAL ? EXIT_CONFIG : EXIT_FAILURE_;
+    }
+    return EXIT_ANSWERED;
+}
+
+/* baton token USER: a new console sign-in token for a configured user. The
+ * store keeps only its sha256; the token is printed once and never logged. */
+static int cmd_token(struct options *o, int argc, char **argv, int i)
+{
+    if (i + 1 != argc) {
+        fprintf(stderr, "baton token: give one user name, e.g. baton token alice\n");
+        return EXIT_USAGE;
+    }
+    const char *user = argv[i];
+    bt_diag *d = bt_diag_new();
+    char *dir = NULL;
+    bt_config *cfg = load_config(o, d, &dir);
+    json_t *u = json_object_get(bt_config_get(cfg, "users"), user);
+    bt_diag_free(d);
+    free(dir);
+    if (!json_is_object(u)) {
+        fprintf(stderr, "baton token: '%s' is not a user in baton.yaml\n", user);
+        bt_config_free(cfg);
+        return EXIT_REFUSED;
+    }
+    bt_config_free(cfg);
+    bt_store *st = open_store(o);
+    if (!st)
+        return EXIT_FAILURE_;
+    char a[33], b[33], token[72], hash[65], err[BT_ERRLEN];
+    bt_random_id(a);
+    bt_random_id(b);
+    bt_fmt(token, sizeof token, "bt_%s%s", a, b);
+    bt_sha256_hex(token, strlen(token), hash);
+    enum bt_err e = bt_store_console_token_add(st, hash, user, err, sizeof err);
+    bt_store_close(st);
+    if (e != BT_OK) {
+        fprintf(stderr, "baton token: %s\n", err);
+        return EXIT_FAILURE_;
+    }
+    printf("%s\n", token);
+    fprintf(stderr, "baton token: console token for %s (shown once; only its hash is kept)\n",
+            user);
     return EXIT_ANSWERED;
 }
 
@@ -666,6 +765,10 @@ int main(int argc, char **argv)
         return cmd_audit(&o, argc, argv, i);
     if (strcmp(cmd, "worker") == 0)
         return cmd_worker(&o, argc, argv, i);
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(&o, argc, argv, i);
+    if (strcmp(cmd, "token") == 0)
+        return cmd_token(&o, argc, argv, i);
     if (strcmp(cmd, "approvals") == 0)
         return cmd_approvals(&o, argc, argv, i);
     if (strcmp(cmd, "approve") == 0 || strcmp(cmd, "deny") == 0 || strcmp(cmd, "cancel") == 0)

@@ -989,6 +989,67 @@ enum bt_err bt_store_notification_delivered(bt_store *st, long long notification
     return st->ops->notification_delivered(st->be, notification_id, err, errlen);
 }
 
+/* ---- console tokens and history ------------------------------------------ */
+
+static enum bt_err check_sha256_hex(const char *h, char *err, size_t errlen)
+{
+    size_t n = 0;
+    for (; h[n]; n++)
+        if (!((h[n] >= '0' && h[n] <= '9') || (h[n] >= 'a' && h[n] <= 'f')))
+            break;
+    if (n != 64 || h[n] != '\0') {
+        bt_fmt(err, errlen, "store: a token hash is not 64 lowercase hex digits");
+        return BT_EINVAL;
+    }
+    return BT_OK;
+}
+
+/* bt_store_console_token_add: see store.h. */
+enum bt_err bt_store_console_token_add(bt_store *st, const char *token_sha256, const char *user,
+                                       char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !token_sha256 || !user)
+        return bad_args("console_token_add", err, errlen);
+    if ((e = check_sha256_hex(token_sha256, err, errlen)) != BT_OK ||
+        (e = check_id(user, "user", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->console_token_add(st->be, token_sha256, user, err, errlen);
+}
+
+/* bt_store_console_token_user: see store.h. */
+enum bt_err bt_store_console_token_user(bt_store *st, const char *token_sha256, char **user,
+                                        char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !token_sha256 || !user)
+        return bad_args("console_token_user", err, errlen);
+    *user = NULL;
+    if ((e = check_sha256_hex(token_sha256, err, errlen)) != BT_OK)
+        return e;
+    return st->ops->console_token_user(st->be, token_sha256, user, err, errlen);
+}
+
+/* bt_store_requests_of: see store.h. */
+enum bt_err bt_store_requests_of(bt_store *st, const char *user, long limit, json_t **out,
+                                 char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !user || !out)
+        return bad_args("requests_of", err, errlen);
+    *out = NULL;
+    if ((e = check_id(user, "user", err, errlen)) != BT_OK)
+        return e;
+    if (limit < 1 || limit > 1000) {
+        bt_fmt(err, errlen, "store: request limit %ld is not 1..1000", limit);
+        return BT_EINVAL;
+    }
+    return st->ops->requests_of(st->be, user, limit, out, err, errlen);
+}
+
 /* ---- approvals ------------------------------------------------------------ */
 
 /* bt_store_approval_add: see store.h. execution_id may be NULL or "" (none);

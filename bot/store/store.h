@@ -30,7 +30,7 @@
 typedef struct bt_store bt_store;
 
 /* The schema version this build writes. */
-#define BT_STORE_SCHEMA_VERSION 3
+#define BT_STORE_SCHEMA_VERSION 4
 
 /* Open (creating directories and the file as needed) and migrate.
  * On failure *out is NULL and err says why, naming the location. */
@@ -230,6 +230,22 @@ enum bt_err bt_store_notifications(bt_store *st, const char *user, bool undelive
 /* Mark a notification delivered (idempotent). */
 enum bt_err bt_store_notification_delivered(bt_store *st, long long notification_id, char *err,
                                             size_t errlen);
+
+/* ---- console tokens and history -------------------------------------- */
+
+/* Record a console sign-in token for user. Only its sha256 (64 lowercase
+ * hex digits) is stored, with the time it was made; the token itself never
+ * reaches the store. */
+enum bt_err bt_store_console_token_add(bt_store *st, const char *token_sha256, const char *user,
+                                       char *err, size_t errlen);
+/* The user a token (given by its sha256 hex) belongs to, as a new string in
+ * *user; records the time of use. BT_ENOENT for an unknown token. */
+enum bt_err bt_store_console_token_user(bt_store *st, const char *token_sha256, char **user,
+                                        char *err, size_t errlen);
+/* The user's most recent requests, newest first, at most limit (1..1000):
+ * new array of {request_id, channel, text, created_ms}. */
+enum bt_err bt_store_requests_of(bt_store *st, const char *user, long limit, json_t **out,
+                                 char *err, size_t errlen);
 
 /* ---- approvals ------------------------------------------------------- */
 

@@ -184,6 +184,12 @@ struct bt_store__ops {
                                  json_t **out, char *err, size_t errlen);
     enum bt_err (*notification_delivered)(void *be, long long notification_id, char *err,
                                           size_t errlen);
+    enum bt_err (*console_token_add)(void *be, const char *token_sha256, const char *user,
+                                     char *err, size_t errlen);
+    enum bt_err (*console_token_user)(void *be, const char *token_sha256, char **user, char *err,
+                                      size_t errlen);
+    enum bt_err (*requests_of)(void *be, const char *user, long limit, json_t **out, char *err,
+                               size_t errlen);
 
     enum bt_err (*approval_add)(void *be, const char *approval_id, const char *plan_id,
                                 const char *execution_id, int level, const char *requirement_json,

@@ -246,6 +246,15 @@ static const char *const migrations[] = {
     " created_ms INTEGER NOT NULL,"
     " delivered_ms INTEGER);"
     "CREATE INDEX notifications_user ON notifications(user_id, delivered_ms);",
+
+    /* 4: console sign-in tokens. Only the token's sha256 is kept, so a copy
+     * of the store does not let anyone sign in. */
+    "CREATE TABLE console_tokens ("
+    " token_sha256 TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " last_used_ms INTEGER);"
+    "CREATE INDEX requests_user ON requests(user_id, created_ms);",
 };
 
 #define SQ_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -406,7 +415,7 @@ static const struct {
 #define SQ_DYN_COUNT (1u << 31)
 #define SQ_DYN_BREAKDOWN (1u << 30)
 /* Slots for the execution engine's cached statements. */
-#define SQ_EXEC_STMTS 32
+#define SQ_EXEC_STMTS 40
 
 struct sq {
     sqlite3 *db;
@@ -1377,6 +1386,10 @@ enum sx_stmt {
     SX_NOTIFY_USER,
     SX_NOTIFICATIONS,
     SX_NOTIFIED,
+    SX_TOKEN_ADD,
+    SX_TOKEN_USE,
+    SX_TOKEN_GET,
+    SX_REQUESTS_OF,
     SX__COUNT
 };
 _Static_assert(SX__COUNT <= SQ_EXEC_STMTS, "struct sq.exec_stmt is big enough");
@@ -1465,6 +1478,12 @@ static const char *const sx_sql[SX__COUNT] = {
                          " ORDER BY notification_id LIMIT ?3",
     [SX_NOTIFIED] = "UPDATE notifications SET delivered_ms = coalesce(delivered_ms, ?1)"
                     " WHERE notification_id = ?2",
+    [SX_TOKEN_ADD] = "INSERT INTO console_tokens(token_sha256, user_id, created_ms)"
+                     " VALUES (?1, ?2, ?3)",
+    [SX_TOKEN_USE] = "UPDATE console_tokens SET last_used_ms = ?1 WHERE token_sha256 = ?2",
+    [SX_TOKEN_GET] = "SELECT user_id FROM console_tokens WHERE token_sha256 = ?1",
+    [SX_REQUESTS_OF] = "SELECT request_id, channel, text, created_ms FROM requests"
+                       " WHERE user_id = ?1 ORDER BY created_ms DESC, rowid DESC LIMIT ?2",
 };
 
 static enum bt_err xprep(struct sq *s, enum sx_stmt id, sqlite3_stmt **out, char *err,
@@ -2187,6 +2206,103 @@ static enum bt_err sq_notification_delivered(void *be, long long notification_id
     return e;
 }
 
+/* ---- console tokens and history ------------------------------------------ */
+
+static enum bt_err sq_console_token_add(void *be, const char *token_sha256, const char *user,
+                                        char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_TOKEN_ADD, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, token_sha256);
+    bind_text(st, 2, user);
+    sqlite3_bind_int64(st, 3, bt_wall_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "add a console token for %.64s", user);
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_console_token_user(void *be, const char *token_sha256, char **user, char *err,
+                                         size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_TOKEN_GET, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, token_sha256);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *u = sqlite3_column_text(st, 0);
+        if (u)
+            *user = bt_strdup((const char *)u);
+        else {
+            bt_fmt(err, errlen, "%s: a console token is damaged", s->path);
+            e = BT_ECORRUPT;
+        }
+    } else if (rc == SQLITE_DONE) {
+        bt_fmt(err, errlen, "%s: no such console token", s->path);
+        e = BT_ENOENT;
+    } else {
+        e = sq_fail(s, rc, err, errlen, "look up a console token");
+    }
+    done(st);
+    if (e != BT_OK)
+        return e;
+    if ((e = xprep(s, SX_TOKEN_USE, &st, err, errlen)) != BT_OK) {
+        free(*user);
+        *user = NULL;
+        return e;
+    }
+    sqlite3_bind_int64(st, 1, bt_wall_ms());
+    bind_text(st, 2, token_sha256);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "mark a console token used");
+    done(st);
+    if (e != BT_OK) {
+        free(*user);
+        *user = NULL;
+    }
+    return e;
+}
+
+static enum bt_err sq_requests_of(void *be, const char *user, long limit, json_t **out, char *err,
+                                  size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_REQUESTS_OF, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, user);
+    sqlite3_bind_int64(st, 2, limit);
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_object();
+        json_object_set_new(o, "request_id", col_str(st, 0, &bad));
+        json_object_set_new(o, "channel", col_str(st, 1, &bad));
+        json_object_set_new(o, "text", col_str(st, 2, &bad));
+        json_object_set_new(o, "created_ms", json_integer(sqlite3_column_int64(st, 3)));
+        json_array_append_new(arr, o);
+    }
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "list requests of %.64s", user);
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
 /* Both reads in one read transaction, so the steps belong to the same
  * moment as the execution row (WAL readers never block writers). */
 static enum bt_err sq_execution_get(void *be, const char *execution_id, json_t **out, char *err,
@@ -2805,6 +2921,9 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .notify_user = sq_notify_user,
     .notifications = sq_notifications,
     .notification_delivered = sq_notification_delivered,
+    .console_token_add = sq_console_token_add,
+    .console_token_user = sq_console_token_user,
+    .requests_of = sq_requests_of,
     .approval_add = sq_approval_add,
     .approval_get = sq_approval_get,
     .approvals_pending = sq_approvals_pending,

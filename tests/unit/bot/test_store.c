@@ -1082,6 +1082,46 @@ static void test_batch(void)
     free(path);
 }
 
+/* Console tokens: only the hash is kept; look-up records the use; the
+ * history of a user's requests comes newest first. */
+static void test_console_tokens(void)
+{
+    char *path = tmp_path("tokens");
+    bt_store *st = open_ok(path);
+    char err[BT_ERRLEN], hash[65], other[65];
+    char *user = NULL;
+    bt_sha256_hex("bt_secret", 9, hash);
+    bt_sha256_hex("bt_other", 8, other);
+    CHECK_INT(bt_store_console_token_add(st, hash, "alice", err, sizeof err), BT_OK);
+    CHECK(bt_store_console_token_add(st, hash, "bob", err, sizeof err) != BT_OK);
+    CHECK_INT(bt_store_console_token_add(st, "bt_secret", "alice", err, sizeof err), BT_EINVAL);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM console_tokens WHERE last_used_ms IS NULL"), 1);
+    CHECK_INT(bt_store_console_token_user(st, hash, &user, err, sizeof err), BT_OK);
+    CHECK_STR(user, "alice");
+    free(user);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM console_tokens WHERE last_used_ms IS NULL"), 0);
+    CHECK_INT(bt_store_console_token_user(st, other, &user, err, sizeof err), BT_ENOENT);
+    CHECK(user == NULL);
+
+    CHECK_INT(bt_store_request_add(st, "11111111111111111111111111111111", "alice", "console",
+                                   "one", err, sizeof err),
+              BT_OK);
+    CHECK_INT(bt_store_request_add(st, "22222222222222222222222222222222", "alice", "console",
+                                   "two", err, sizeof err),
+              BT_OK);
+    CHECK_INT(bt_store_request_add(st, "33333333333333333333333333333333", "bob", "cli", "three",
+                                   err, sizeof err),
+              BT_OK);
+    json_t *list = NULL;
+    CHECK_INT(bt_store_requests_of(st, "alice", 10, &list, err, sizeof err), BT_OK);
+    CHECK_INT(json_array_size(list), 2);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(list, 0), "text")), "two");
+    json_decref(list);
+    CHECK_INT(bt_store_requests_of(st, "alice", 0, &list, err, sizeof err), BT_EINVAL);
+    bt_store_close(st);
+    free(path);
+}
+
 int main(void)
 {
     umask(022);
@@ -1092,6 +1132,7 @@ int main(void)
     }
     RUN(test_open_create);
     RUN(test_batch);
+    RUN(test_console_tokens);
     RUN(test_locations);
     RUN(test_newer_schema);
     RUN(test_corrupt);

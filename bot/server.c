@@ -1,0 +1,1126 @@
+/*
+ * server.c - `baton serve`: the libwebsockets loop, the worker pool and its
+ * queues, the console protocol and the metrics.
+ *
+ * Threads. The loop thread (bt_server_run's caller) is the only one that
+ * touches lws objects and the connection list. Workers take jobs {connection
+ * id, user, message} from a bounded queue (mutex + condvar), run them on
+ * their own bt_pipeline and bt_store, push the messages to send onto the
+ * result queue and call lws_cancel_service(), the one thread-safe lws call.
+ * The loop drains results in LWS_CALLBACK_EVENT_WAIT_CANCELLED and finds the
+ * connection by id, so a result for a connection that closed meanwhile is
+ * dropped safely. Each connection has a capped outgoing queue written one
+ * message per WRITEABLE callback, with LWS_PRE bytes of headroom.
+ *
+ * Counters shared by both sides (metrics) sit under their own mutex.
+ */
+#include "bot/server.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+
+#include "bot/log.h"
+#include "bot/store/store.h"
+#include "pipeline/pipeline.h"
+
+#define DEFAULT_LISTEN "127.0.0.1:8080"
+#define DEFAULT_STORE "var/baton.db"
+#define JOB_QUEUE_MAX 256 /* jobs waiting for a worker */
+#define OUTQ_MAX 64       /* messages waiting to be written per connection */
+#define SWEEP_INTERVAL_US 30000000LL
+#define TICK_US 250000LL   /* idle checks and the stop flag */
+#define STOP_WAIT_MS 30000 /* how long workers may take to finish on SIGTERM */
+#define HISTORY_MAX 20
+#define METRIC_KEYS_MAX 256
+#define USERS_MAX 1024
+
+static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define NBUCKETS (sizeof latency_buckets / sizeof latency_buckets[0])
+
+enum job_kind { JOB_MESSAGE, JOB_SWEEP };
+
+struct job {
+    enum job_kind kind;
+    uint64_t conn_id;
+    char *user; /* signed-in user or NULL */
+    json_t *msg;
+    struct job *next;
+};
+
+/* A result: messages for one connection (or none), and for a hello the
+ * user it signed in as. */
+struct result {
+    uint64_t conn_id;
+    json_t *messages; /* array */
+    char *user;
+    char *role;
+    struct result *next;
+};
+
+struct counter {
+    char *key; /* label set text, e.g. intent="x",kind="answer" */
+    unsigned long long n;
+};
+
+struct histogram {
+    char *stage;
+    unsigned long long bucket[NBUCKETS];
+    unsigned long long count;
+    double sum;
+};
+
+struct metrics {
+    pthread_mutex_t mu;
+    struct counter requests[METRIC_KEYS_MAX];
+    size_t nrequests;
+    struct counter executions[METRIC_KEYS_MAX];
+    size_t nexecutions;
+    struct counter errors[METRIC_KEYS_MAX];
+    size_t nerrors;
+    struct histogram stages[16];
+    size_t nstages;
+    long long pending_approvals;
+    long long open_connections;
+};
+
+struct rate {
+    char *user;
+    int64_t window_start_ms;
+    long count;
+};
+
+struct conn {
+    uint64_t id;
+    struct lws *wsi;
+    bool is_ws;
+    /* WebSocket */
+    bt_buf rx;
+    bool rx_toobig;
+    char *user;
+    char *role;
+    json_t *outq; /* array of strings waiting to be written */
+    int64_t last_rx_ms;
+    struct conn *next;
+    /* HTTP */
+    char *http_body;
+    size_t http_len;
+};
+
+struct pss {
+    struct conn *c;
+};
+
+struct bt_server {
+    const bt_config *cfg;
+    const char *store_location;
+    /* settings */
+    char host[256];
+    int port;
+    json_t *allowed_origins; /* borrowed */
+    long long max_frame;
+    long long rate_limit;
+    long long idle_timeout_s;
+    long long nworkers;
+    /* loop side */
+    struct lws_context *ctx;
+    struct conn *conns;
+    uint64_t next_conn_id;
+    struct rate rates[USERS_MAX];
+    size_t nrates;
+    lws_sorted_usec_list_t sweep_sul;
+    lws_sorted_usec_list_t tick_sul;
+    volatile sig_atomic_t *stop;
+    /* queues */
+    pthread_mutex_t mu;
+    pthread_cond_t job_cv;
+    pthread_cond_t done_cv;
+    struct job *jobs_head, *jobs_tail;
+    size_t njobs;
+    struct result *results_head, *results_tail;
+    bool stopping;
+    int workers_alive;
+    /* workers */
+    pthread_t *threads;
+    bt_pipeline **pipelines;
+    bt_store **stores;
+    struct metrics m;
+};
+
+struct worker_arg {
+    struct bt_server *s;
+    int index;
+};
+
+/* ---- configuration ---------------------------------------------------- */
+
+/* Split "ADDR:PORT"; false when malformed. */
+static bool parse_listen(const char *v, char *host, size_t hostlen, int *port)
+{
+    const char *colon = v ? strrchr(v, ':') : NULL;
+    long p;
+    if (!colon || colon == v || (size_t)(colon - v) >= hostlen ||
+        !bt_parse_long(colon + 1, 1, 65535, &p))
+        return false;
+    memcpy(host, v, (size_t)(colon - v));
+    host[colon - v] = '\0';
+    *port = (int)p;
+    return true;
+}
+
+bool bt_server_check_config(const bt_config *cfg, bt_diag *d)
+{
+    size_t before = bt_diag_count(d);
+    const bt_yaml_doc *doc = bt_config_main(cfg);
+    json_t *srv = bt_config_get(cfg, "server");
+    if (!srv)
+        return true;
+    if (!json_is_object(srv)) {
+        bt_diag_at(d, doc, srv, "server", "must be a mapping, not %s", bt_conf_type_name(srv));
+        return false;
+    }
+    static const char *const keys[] = {"listen",     "allowed_origins", "max_frame_bytes",
+                                       "rate_limit", "idle_timeout_s",  "workers",
+                                       NULL};
+    bt_check_keys(d, doc, srv, keys);
+    const char *listen = bt_check_string(d, doc, srv, "listen", false);
+    char host[256];
+    int port;
+    if (listen && !parse_listen(listen, host, sizeof host, &port))
+        bt_diag_at(d, doc, srv, "server.listen", "'%s' is not ADDR:PORT", listen);
+    json_t *origins = bt_check_array(d, doc, srv, "allowed_origins", false);
+    size_t i;
+    json_t *o;
+    json_array_foreach(origins, i, o)
+    {
+        if (!json_is_string(o))
+            bt_diag_at(d, doc, origins, "server.allowed_origins", "entry %zu is not a string",
+                       i + 1);
+    }
+    long long v;
+    bt_check_int(d, doc, srv, "max_frame_bytes", false, 1024, 1048576, &v);
+    bt_check_int(d, doc, srv, "rate_limit", false, 1, 10000, &v);
+    bt_check_int(d, doc, srv, "idle_timeout_s", false, 10, 86400, &v);
+    bt_check_int(d, doc, srv, "workers", false, 1, 64, &v);
+    return bt_diag_count(d) == before;
+}
+
+static long long cfg_int(const bt_config *cfg, const char *key, long long dflt)
+{
+    json_t *v = bt_config_get(cfg, key);
+    return json_is_integer(v) ? json_integer_value(v) : dflt;
+}
+
+/* ---- metrics ------------------------------------------------------------ */
+
+static void counter_add(struct counter *set, size_t *n, const char *key)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(set[i].key, key) == 0) {
+            set[i].n++;
+            return;
+        }
+    if (*n < METRIC_KEYS_MAX) {
+        set[*n].key = bt_strdup(key);
+        set[*n].n = 1;
+        (*n)++;
+    }
+}
+
+/* Metric label values: keep them to a safe alphabet so the exposition
+ * format can never be broken by a name. */
+static void label_value(const char *v, char *out, size_t outlen)
+{
+    size_t k = 0;
+    for (; v && *v && k + 1 < outlen; v++)
+        out[k++] = (char)((*v >= 'a' && *v <= 'z') || (*v >= 'A' && *v <= 'Z') ||
+                                  (*v >= '0' && *v <= '9') || *v == '_' || *v == '-' || *v == '.'
+                              ? *v
+                              : '_');
+    out[k] = '\0';
+    if (k == 0)
+        bt_strlcpy(out, "none", outlen);
+}
+
+static void metrics_response(struct metrics *m, const json_t *r)
+{
+    char intent[64], kind[64], key[160];
+    label_value(json_string_value(json_object_get(r, "intent")), intent, sizeof intent);
+    label_value(json_string_value(json_object_get(r, "kind")), kind, sizeof kind);
+    bt_fmt(key, sizeof key, "intent=\"%s\",kind=\"%s\"", intent, kind);
+    const char *state =
+        json_string_value(json_object_get(json_object_get(r, "execution"), "state"));
+    pthread_mutex_lock(&m->mu);
+    counter_add(m->requests, &m->nrequests, key);
+    if (state) {
+        char st[64];
+        label_value(state, st, sizeof st);
+        bt_fmt(key, sizeof key, "state=\"%s\"", st);
+        counter_add(m->executions, &m->nexecutions, key);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void metrics_error(struct metrics *m, const char *code)
+{
+    char key[96];
+    bt_fmt(key, sizeof key, "code=\"%s\"", code);
+    pthread_mutex_lock(&m->mu);
+    counter_add(m->errors, &m->nerrors, key);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void metrics_latency(struct metrics *m, const char *stage, double seconds)
+{
+    pthread_mutex_lock(&m->mu);
+    struct histogram *h = NULL;
+    for (size_t i = 0; i < m->nstages; i++)
+        if (strcmp(m->stages[i].stage, stage) == 0)
+            h = &m->stages[i];
+    if (!h && m->nstages < sizeof m->stages / sizeof m->stages[0]) {
+        h = &m->stages[m->nstages++];
+        h->stage = bt_strdup(stage);
+    }
+    if (h) {
+        for (size_t b = 0; b < NBUCKETS; b++)
+            if (seconds <= latency_buckets[b])
+                h->bucket[b]++;
+        h->count++;
+        h->sum += seconds;
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void put_counters(bt_buf *b, const char *name, const char *help, const struct counter *set,
+                         size_t n)
+{
+    bt_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < n; i++)
+        bt_buf_printf(b, "%s{%s} %llu\n", name, set[i].key, set[i].n);
+}
+
+static char *metrics_text(struct metrics *m)
+{
+    bt_buf b = BT_BUF_INIT(1 << 20);
+    pthread_mutex_lock(&m->mu);
+    put_counters(&b, "baton_requests_total", "Requests handled, by intent and kind.", m->requests,
+                 m->nrequests);
+    put_counters(&b, "baton_executions_total", "Executions reported, by final state.",
+                 m->executions, m->nexecutions);
+    put_counters(&b, "baton_protocol_errors_total", "Protocol errors sent, by code.", m->errors,
+                 m->nerrors);
+    bt_buf_printf(&b, "# HELP baton_stage_duration_seconds Time to handle a console message, by "
+                      "stage.\n# TYPE baton_stage_duration_seconds histogram\n");
+    for (size_t i = 0; i < m->nstages; i++) {
+        const struct histogram *h = &m->stages[i];
+        for (size_t k = 0; k < NBUCKETS; k++)
+            bt_buf_printf(&b, "baton_stage_duration_seconds_bucket{stage=\"%s\",le=\"%g\"} %llu\n",
+                          h->stage, latency_buckets[k], h->bucket[k]);
+        bt_buf_printf(&b,
+                      "baton_stage_duration_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %llu\n"
+                      "baton_stage_duration_seconds_sum{stage=\"%s\"} %.6f\n"
+                      "baton_stage_duration_seconds_count{stage=\"%s\"} %llu\n",
+                      h->stage, h->count, h->stage, h->sum, h->stage, h->count);
+    }
+    bt_buf_printf(&b,
+                  "# HELP baton_pending_approvals Approvals waiting for a decision.\n"
+                  "# TYPE baton_pending_approvals gauge\nbaton_pending_approvals %lld\n"
+                  "# HELP baton_open_connections Open console WebSocket connections.\n"
+                  "# TYPE baton_open_connections gauge\nbaton_open_connections %lld\n",
+                  m->pending_approvals, m->open_connections);
+    pthread_mutex_unlock(&m->mu);
+    return bt_buf_steal(&b);
+}
+
+static void metrics_free(struct metrics *m)
+{
+    for (size_t i = 0; i < m->nrequests; i++)
+        free(m->requests[i].key);
+    for (size_t i = 0; i < m->nexecutions; i++)
+        free(m->executions[i].key);
+    for (size_t i = 0; i < m->nerrors; i++)
+        free(m->errors[i].key);
+    for (size_t i = 0; i < m->nstages; i++)
+        free(m->stages[i].stage);
+    pthread_mutex_destroy(&m->mu);
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static json_t *error_msg(struct bt_server *s, const json_t *in_reply_to, const char *code,
+                         const char *message)
+{
+    metrics_error(&s->m, code);
+    return json_pack("{s:s, s:O?, s:s, s:s}", "type", "error", "in_reply_to", in_reply_to, "code",
+                     code, "message", message);
+}
+
+/* Copy the pipeline's response fields into a `reply` (or `plan` when the
+ * plan waits for approval). A request answered by running read-only steps
+ * is still a `reply`: `result` is kept for what a decision released. */
+static json_t *reply_msg(const json_t *id, json_t *r)
+{
+    const char *kind = json_string_value(json_object_get(r, "kind"));
+    json_t *msg;
+    if (kind && strcmp(kind, "approval") == 0 && json_object_get(r, "approval_id")) {
+        msg = json_pack("{s:s, s:O?, s:O, s:O, s:O?, s:O?}", "type", "plan", "in_reply_to", id,
+                        "plan", json_object_get(r, "plan"), "approval",
+                        json_object_get(r, "approval"), "approval_id",
+                        json_object_get(r, "approval_id"), "text", json_object_get(r, "text"));
+        if (!msg)
+            msg = json_pack("{s:s, s:O?}", "type", "plan", "in_reply_to", id);
+        return msg;
+    }
+    msg = json_pack("{s:s, s:O?, s:s, s:O?, s:O}", "type", "reply", "in_reply_to", id, "kind",
+                    kind ? kind : "error", "text", json_object_get(r, "text"), "data", r);
+    return msg;
+}
+
+static const char *role_of(const bt_config *cfg, const char *user)
+{
+    json_t *u = json_object_get(bt_config_get(cfg, "users"), user);
+    const char *role = json_string_value(json_object_get(u, "role"));
+    return role ? role : (u ? "viewer" : NULL);
+}
+
+/* A field that must be a non-empty string; NULL when missing. */
+static const char *field_str(const json_t *msg, const char *key)
+{
+    const char *v = json_string_value(json_object_get(msg, key));
+    return v && *v ? v : NULL;
+}
+
+/* Run one client message on a worker. Returns a result (never NULL). */
+static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store *st,
+                                  const struct job *j)
+{
+    struct result *res = bt_calloc(1, sizeof *res);
+    res->conn_id = j->conn_id;
+    res->messages = json_array();
+    const json_t *id = json_object_get(j->msg, "id");
+    const char *type = json_string_value(json_object_get(j->msg, "type"));
+    char err[BT_ERRLEN];
+    int64_t t0 = bt_mono_ms();
+    if (strcmp(type, "hello") == 0) {
+        const char *token = field_str(j->msg, "token");
+        char hash[65];
+        char *user = NULL;
+        bt_sha256_hex(token, strlen(token), hash);
+        enum bt_err e = bt_store_console_token_user(st, hash, &user, err, sizeof err);
+        const char *role = e == BT_OK ? role_of(s->cfg, user) : NULL;
+        if (e == BT_OK && role) {
+            json_array_append_new(res->messages,
+                                  json_pack("{s:s, s:O?, s:s, s:s}", "type", "welcome",
+                                            "in_reply_to", id, "user", user, "role", role));
+            json_t *notices = bt_pipeline_notices(p, user);
+            size_t i;
+            json_t *n;
+            json_array_foreach(notices, i, n)
+            {
+                json_array_append_new(res->messages, json_pack("{s:s, s:O?}", "type", "notice",
+                                                               "text", json_object_get(n, "text")));
+            }
+            json_decref(notices);
+            res->user = user;
+            res->role = bt_strdup(role);
+            bt_log(BT_LOG_INFO, "server", NULL, "connection %llu signed in as %s",
+                   (unsigned long long)j->conn_id, user);
+        } else {
+            if (e != BT_OK && e != BT_ENOENT)
+                bt_log(BT_LOG_ERROR, "server", NULL, "token look-up failed: %s", err);
+            json_array_append_new(res->messages,
+                                  e == BT_OK || e == BT_ENOENT
+                                      ? error_msg(s, id, "bad_token",
+                                                  "this token is not valid; run `baton token "
+                                                  "USER` for a new one")
+                                      : error_msg(s, id, "internal", "the store failed"));
+            free(user);
+        }
+    } else if (strcmp(type, "say") == 0) {
+        json_t *r = bt_pipeline_handle(p, field_str(j->msg, "text"), j->user,
+                                       field_str(j->msg, "channel") ? field_str(j->msg, "channel")
+                                                                    : "console");
+        if (r) {
+            metrics_response(&s->m, r);
+            bt_log(BT_LOG_INFO, "server", json_string_value(json_object_get(r, "request_id")),
+                   "say from %s: kind %s", j->user, json_string_value(json_object_get(r, "kind")));
+            json_array_append_new(res->messages, reply_msg(id, r));
+            json_decref(r);
+        } else {
+            json_array_append_new(res->messages,
+                                  error_msg(s, id, "internal", "the request failed"));
+        }
+    } else if (strcmp(type, "decide") == 0 || strcmp(type, "cancel") == 0) {
+        const char *approval = field_str(j->msg, "approval");
+        json_t *r;
+        if (type[0] == 'c') {
+            r = bt_pipeline_cancel(p, approval, j->user, "console");
+        } else {
+            json_t *step = json_object_get(j->msg, "step");
+            int st0 = json_is_integer(step) ? (int)json_integer_value(step) - 1 : -1;
+            r = bt_pipeline_decide(p, approval, j->user, field_str(j->msg, "decision"), st0,
+                                   "console", NULL);
+        }
+        if (r) {
+            metrics_response(&s->m, r);
+            json_t *msg = json_pack("{s:s, s:O?, s:O?, s:O?, s:O?, s:O}", "type",
+                                    json_object_get(r, "execution") ? "result" : "reply",
+                                    "in_reply_to", id, "kind", json_object_get(r, "kind"), "status",
+                                    json_object_get(r, "status"), "text",
+                                    json_object_get(r, "text"), "data", r);
+            json_array_append_new(res->messages, msg);
+            json_decref(r);
+        } else {
+            json_array_append_new(res->messages,
+                                  error_msg(s, id, "internal", "the decision failed"));
+        }
+    } else if (strcmp(type, "history") == 0) {
+        json_t *list = NULL;
+        if (bt_store_requests_of(st, j->user, HISTORY_MAX, &list, err, sizeof err) == BT_OK) {
+            json_array_append_new(res->messages,
+                                  json_pack("{s:s, s:O?, s:s, s:o}", "type", "history",
+                                            "in_reply_to", id, "user", j->user, "requests", list));
+        } else {
+            bt_log(BT_LOG_ERROR, "server", NULL, "history: %s", err);
+            json_array_append_new(res->messages, error_msg(s, id, "internal", "the store failed"));
+        }
+    } else { /* pending */
+        json_t *list = bt_pipeline_pending(p);
+        json_array_append_new(res->messages,
+                              json_pack("{s:s, s:O?, s:o}", "type", "pending", "in_reply_to", id,
+                                        "approvals", list ? list : json_array()));
+    }
+    metrics_latency(&s->m, type, (double)(bt_mono_ms() - t0) / 1000.0);
+    return res;
+}
+
+/* ---- worker pool ----------------------------------------------------------- */
+
+static void job_free(struct job *j)
+{
+    free(j->user);
+    json_decref(j->msg);
+    free(j);
+}
+
+static void result_free(struct result *r)
+{
+    json_decref(r->messages);
+    free(r->user);
+    free(r->role);
+    free(r);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker_arg *wa = arg;
+    struct bt_server *s = wa->s;
+    bt_pipeline *p = s->pipelines[wa->index];
+    bt_store *st = s->stores[wa->index];
+    free(wa);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->jobs_head && !s->stopping) {
+            /* Bounded: the stop flag is looked at again at least once a second. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&s->job_cv, &s->mu, &ts);
+        }
+        if (s->stopping) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        struct job *j = s->jobs_head;
+        s->jobs_head = j->next;
+        if (!s->jobs_head)
+            s->jobs_tail = NULL;
+        s->njobs--;
+        pthread_mutex_unlock(&s->mu);
+
+        struct result *res = NULL;
+        if (j->kind == JOB_SWEEP) {
+            json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
+            json_decref(events);
+            json_t *pending = bt_pipeline_pending(p);
+            pthread_mutex_lock(&s->m.mu);
+            s->m.pending_approvals = (long long)json_array_size(pending);
+            pthread_mutex_unlock(&s->m.mu);
+            json_decref(pending);
+        } else {
+            res = run_message(s, p, st, j);
+        }
+        job_free(j);
+        if (res) {
+            pthread_mutex_lock(&s->mu);
+            if (s->results_tail)
+                s->results_tail->next = res;
+            else
+                s->results_head = res;
+            s->results_tail = res;
+            pthread_mutex_unlock(&s->mu);
+            lws_cancel_service(s->ctx);
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    s->workers_alive--;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Queue a job; false when the queue is full (the caller answers busy). */
+static bool job_push(struct bt_server *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    bool ok = s->njobs < JOB_QUEUE_MAX && !s->stopping;
+    if (ok) {
+        if (s->jobs_tail)
+            s->jobs_tail->next = j;
+        else
+            s->jobs_head = j;
+        s->jobs_tail = j;
+        s->njobs++;
+        pthread_cond_signal(&s->job_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+/* ---- connections (loop thread only) -------------------------------------- */
+
+static struct conn *conn_find(struct bt_server *s, uint64_t id)
+{
+    for (struct conn *c = s->conns; c; c = c->next)
+        if (c->id == id)
+            return c;
+    return NULL;
+}
+
+/* Queue a message for a connection (steals msg). Past the cap the
+ * connection is too slow to read its answers and is closed. */
+static void conn_send(struct conn *c, json_t *msg)
+{
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!text)
+        return;
+    if (json_array_size(c->outq) >= OUTQ_MAX) {
+        bt_log(BT_LOG_WARN, "server", NULL, "connection %llu: outgoing queue full; closing",
+               (unsigned long long)c->id);
+        free(text);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    json_array_append_new(c->outq, json_string(text));
+    free(text);
+    lws_callback_on_writable(c->wsi);
+}
+
+static void drain_results(struct bt_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct result *r = s->results_head;
+    s->results_head = s->results_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (r) {
+        struct result *next = r->next;
+        struct conn *c = conn_find(s, r->conn_id);
+        if (c) {
+            if (r->user) {
+                free(c->user);
+                free(c->role);
+                c->user = r->user;
+                c->role = r->role;
+                r->user = r->role = NULL;
+            }
+            size_t i;
+            json_t *m;
+            json_array_foreach(r->messages, i, m) conn_send(c, json_incref(m));
+        }
+        result_free(r);
+        r = next;
+    }
+}
+
+/* Per-user rate limit: a fixed one-minute window. */
+static bool rate_ok(struct bt_server *s, const char *user)
+{
+    int64_t now = bt_mono_ms();
+    struct rate *r = NULL;
+    for (size_t i = 0; i < s->nrates; i++)
+        if (strcmp(s->rates[i].user, user) == 0)
+            r = &s->rates[i];
+    if (!r) {
+        if (s->nrates >= USERS_MAX)
+            return true;
+        r = &s->rates[s->nrates++];
+        r->user = bt_strdup(user);
+        r->window_start_ms = now;
+    }
+    if (now - r->window_start_ms >= 60000) {
+        r->window_start_ms = now;
+        r->count = 0;
+    }
+    return ++r->count <= s->rate_limit;
+}
+
+/* One complete client message. */
+static void handle_frame(struct bt_server *s, struct conn *c, const char *data, size_t len)
+{
+    if (!bt_utf8_valid(data, len)) {
+        conn_send(c, error_msg(s, NULL, "bad_utf8", "the message is not valid UTF-8"));
+        return;
+    }
+    json_error_t jerr;
+    json_t *msg = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(msg)) {
+        json_decref(msg);
+        conn_send(c, error_msg(s, NULL, "bad_json", "a message is one JSON object"));
+        return;
+    }
+    json_t *id = json_object_get(msg, "id");
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    static const char *const types[] = {"hello", "say", "decide", "cancel", "history", "pending"};
+    /* Fields each type needs (NULL: none). */
+    static const char *const needs[][3] = {
+        {"token", NULL, NULL},    {"text", NULL, NULL}, {"approval", "decision", NULL},
+        {"approval", NULL, NULL}, {NULL, NULL, NULL},   {NULL, NULL, NULL}};
+    size_t t = 0;
+    for (; type && t < sizeof types / sizeof types[0]; t++)
+        if (strcmp(type, types[t]) == 0)
+            break;
+    if (!type) {
+        conn_send(c, error_msg(s, id, "missing_field", "the message has no `type`"));
+    } else if (t == sizeof types / sizeof types[0]) {
+        char m[160];
+        bt_fmt(m, sizeof m, "unknown message type '%.64s'", type);
+        conn_send(c, error_msg(s, id, "unknown_type", m));
+    } else if (t != 0 && !c->user) {
+        conn_send(c, error_msg(s, id, "unauthenticated", "send hello with a token first"));
+    } else {
+        const char *missing = NULL;
+        for (int k = 0; k < 3 && needs[t][k] && !missing; k++)
+            if (!field_str(msg, needs[t][k]))
+                missing = needs[t][k];
+        const char *decision = field_str(msg, "decision");
+        json_t *step = json_object_get(msg, "step");
+        if (missing) {
+            char m[96];
+            bt_fmt(m, sizeof m, "`%s` is required (a non-empty string)", missing);
+            conn_send(c, error_msg(s, id, "missing_field", m));
+        } else if (t == 2 && (strcmp(decision, "approve") != 0 && strcmp(decision, "deny") != 0)) {
+            conn_send(c, error_msg(s, id, "missing_field", "`decision` is approve or deny"));
+        } else if (t == 2 && step && !json_is_null(step) &&
+                   (!json_is_integer(step) || json_integer_value(step) < 1 ||
+                    json_integer_value(step) > 10000)) {
+            conn_send(c, error_msg(s, id, "missing_field", "`step` is a number from 1"));
+        } else if (t != 0 && !rate_ok(s, c->user)) {
+            conn_send(c, error_msg(s, id, "rate_limited", "too many requests; wait a minute"));
+        } else {
+            struct job *j = bt_calloc(1, sizeof *j);
+            j->kind = JOB_MESSAGE;
+            j->conn_id = c->id;
+            j->user = c->user ? bt_strdup(c->user) : NULL;
+            j->msg = json_incref(msg);
+            if (!job_push(s, j)) {
+                job_free(j);
+                conn_send(c, error_msg(s, id, "internal", "baton is busy; try again"));
+            }
+        }
+    }
+    json_decref(msg);
+}
+
+/* The Origin must be the server's own ("http://" + Host) or listed in
+ * server.allowed_origins. A client that sends no Origin is not a browser
+ * (browsers always send one on a WebSocket handshake) and is let through:
+ * the token is what authenticates; the Origin check stops other web pages. */
+static bool origin_ok(struct bt_server *s, struct lws *wsi)
+{
+    char origin[256], host[256], self[300];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) <= 0)
+        return true;
+    if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0)
+        return false;
+    size_t i;
+    json_t *o;
+    json_array_foreach(s->allowed_origins, i, o)
+    {
+        if (json_is_string(o) && strcmp(json_string_value(o), origin) == 0)
+            return true;
+    }
+    if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) > 0) {
+        bt_fmt(self, sizeof self, "http://%s", host);
+        if (strcmp(self, origin) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int http_reply(struct lws *wsi, struct conn *c, unsigned int status, const char *ctype,
+                      char *body)
+{
+    uint8_t buf[LWS_PRE + 512], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
+    c->http_body = body;
+    c->http_len = strlen(body);
+    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)c->http_len, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static void conn_unlink(struct bt_server *s, struct conn *c)
+{
+    for (struct conn **pp = &s->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+}
+
+static void conn_free(struct conn *c)
+{
+    bt_buf_free(&c->rx);
+    free(c->user);
+    free(c->role);
+    json_decref(c->outq);
+    free(c->http_body);
+    free(c);
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    struct pss *pss = user;
+    struct bt_server *s = lws_context_user(lws_get_context(wsi));
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (s)
+            drain_results(s);
+        return 0;
+    case LWS_CALLBACK_HTTP: {
+        const char *uri = in;
+        if (pss->c) /* the previous request on a kept-alive connection */
+            conn_free(pss->c);
+        pss->c = bt_calloc(1, sizeof *pss->c);
+        if (strcmp(uri, "/healthz") == 0)
+            return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain", bt_strdup("ok\n"));
+        if (strcmp(uri, "/metrics") == 0)
+            return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain; version=0.0.4",
+                              metrics_text(&s->m));
+        return http_reply(wsi, pss->c, HTTP_STATUS_NOT_FOUND, "text/plain",
+                          bt_strdup("not found\n"));
+    }
+    case LWS_CALLBACK_HTTP_WRITEABLE: {
+        if (!pss->c || !pss->c->http_body)
+            return -1;
+        size_t n = pss->c->http_len;
+        uint8_t *buf = bt_malloc(LWS_PRE + n + 1);
+        memcpy(buf + LWS_PRE, pss->c->http_body, n);
+        int w = lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_FINAL);
+        free(buf);
+        if (w < (int)n)
+            return -1;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    }
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        if (pss && pss->c && !pss->c->is_ws) {
+            conn_free(pss->c);
+            pss->c = NULL;
+        }
+        return 0;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
+            return -1;
+        if (!origin_ok(s, wsi)) {
+            bt_log(BT_LOG_WARN, "server", NULL, "WebSocket refused: Origin not allowed");
+            return -1;
+        }
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        if (pss->c) /* left over from the HTTP upgrade request */
+            conn_free(pss->c);
+        struct conn *c = bt_calloc(1, sizeof *c);
+        c->id = ++s->next_conn_id;
+        c->wsi = wsi;
+        c->is_ws = true;
+        c->rx.max = (size_t)s->max_frame;
+        c->outq = json_array();
+        c->last_rx_ms = bt_mono_ms();
+        c->next = s->conns;
+        s->conns = c;
+        pss->c = c;
+        pthread_mutex_lock(&s->m.mu);
+        s->m.open_connections++;
+        pthread_mutex_unlock(&s->m.mu);
+        bt_log(BT_LOG_INFO, "server", NULL, "connection %llu opened", (unsigned long long)c->id);
+        return 0;
+    }
+    case LWS_CALLBACK_RECEIVE: {
+        struct conn *c = pss->c;
+        if (!c)
+            return -1;
+        c->last_rx_ms = bt_mono_ms();
+        if (!c->rx_toobig && bt_buf_append(&c->rx, in, len) != BT_OK) {
+            c->rx_toobig = true;
+            bt_buf_free(&c->rx);
+            c->rx.max = (size_t)s->max_frame;
+        }
+        if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) != 0)
+            return 0;
+        if (c->rx_toobig) {
+            char m[96];
+            bt_fmt(m, sizeof m, "a message is at most %lld bytes", s->max_frame);
+            conn_send(c, error_msg(s, NULL, "too_big", m));
+        } else {
+            handle_frame(s, c, c->rx.data ? c->rx.data : "", c->rx.len);
+        }
+        c->rx_toobig = false;
+        bt_buf_free(&c->rx);
+        c->rx.max = (size_t)s->max_frame;
+        return 0;
+    }
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+        struct conn *c = pss->c;
+        if (!c || json_array_size(c->outq) == 0)
+            return 0;
+        const char *text = json_string_value(json_array_get(c->outq, 0));
+        size_t n = strlen(text);
+        uint8_t *buf = bt_malloc(LWS_PRE + n + 1);
+        memcpy(buf + LWS_PRE, text, n);
+        int w = lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_TEXT);
+        free(buf);
+        json_array_remove(c->outq, 0);
+        if (w < (int)n)
+            return -1;
+        if (json_array_size(c->outq) > 0)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
+    case LWS_CALLBACK_CLOSED: {
+        struct conn *c = pss->c;
+        if (c) {
+            bt_log(BT_LOG_INFO, "server", NULL, "connection %llu closed",
+                   (unsigned long long)c->id);
+            conn_unlink(s, c);
+            conn_free(c);
+            pss->c = NULL;
+            pthread_mutex_lock(&s->m.mu);
+            s->m.open_connections--;
+            pthread_mutex_unlock(&s->m.mu);
+        }
+        return 0;
+    }
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* ---- timers ------------------------------------------------------------------ */
+
+static void on_sweep(lws_sorted_usec_list_t *sul)
+{
+    struct bt_server *s = lws_container_of(sul, struct bt_server, sweep_sul);
+    struct job *j = bt_calloc(1, sizeof *j);
+    j->kind = JOB_SWEEP;
+    if (!job_push(s, j))
+        job_free(j);
+    lws_sul_schedule(s->ctx, 0, &s->sweep_sul, on_sweep, SWEEP_INTERVAL_US);
+}
+
+/* Close connections idle longer than idle_timeout_s; half-open ones are
+ * found by the ping policy (retry_and_idle_policy). The tick also bounds
+ * how long the loop sleeps, so the stop flag is seen quickly. */
+static void on_tick(lws_sorted_usec_list_t *sul)
+{
+    struct bt_server *s = lws_container_of(sul, struct bt_server, tick_sul);
+    int64_t now = bt_mono_ms();
+    for (struct conn *c = s->conns; c; c = c->next)
+        if (now - c->last_rx_ms > s->idle_timeout_s * 1000) {
+            bt_log(BT_LOG_INFO, "server", NULL, "connection %llu idle; closing",
+                   (unsigned long long)c->id);
+            c->last_rx_ms = now; /* once */
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
+    lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
+}
+
+/* libwebsockets' own log lines go to the same sink as ours. */
+static void lws_emit(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    bt_log(level == LLL_ERR ? BT_LOG_ERROR : BT_LOG_WARN, "lws", NULL, "%.*s", (int)n, line);
+}
+
+/* ---- run ------------------------------------------------------------------------ */
+
+enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
+                          const char *store_override, volatile sig_atomic_t *stop, char *err,
+                          size_t errlen)
+{
+    struct bt_server *s = bt_calloc(1, sizeof *s);
+    enum bt_err rc = BT_OK;
+    s->cfg = cfg;
+    s->stop = stop;
+    const char *loc =
+        store_override ? store_override : json_string_value(bt_config_get(cfg, "store.location"));
+    s->store_location = loc ? loc : DEFAULT_STORE;
+    const char *listen =
+        listen_override ? listen_override : json_string_value(bt_config_get(cfg, "server.listen"));
+    if (!parse_listen(listen ? listen : DEFAULT_LISTEN, s->host, sizeof s->host, &s->port)) {
+        bt_fmt(err, errlen, "listen address '%s' is not ADDR:PORT", listen);
+        free(s);
+        return BT_EINVAL;
+    }
+    s->allowed_origins = bt_config_get(cfg, "server.allowed_origins");
+    s->max_frame = cfg_int(cfg, "server.max_frame_bytes", 65536);
+    s->rate_limit = cfg_int(cfg, "server.rate_limit", 60);
+    s->idle_timeout_s = cfg_int(cfg, "server.idle_timeout_s", 300);
+    s->nworkers = cfg_int(cfg, "server.workers", 4);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->m.mu, NULL);
+    pthread_cond_init(&s->job_cv, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+
+    /* One pipeline and one store handle per worker, built before any
+     * thread starts so a configuration problem stops `serve` at once. */
+    s->pipelines = bt_calloc((size_t)s->nworkers, sizeof *s->pipelines);
+    s->stores = bt_calloc((size_t)s->nworkers, sizeof *s->stores);
+    s->threads = bt_calloc((size_t)s->nworkers, sizeof *s->threads);
+    for (long long i = 0; i < s->nworkers && rc == BT_OK; i++) {
+        bt_diag *d = bt_diag_new();
+        s->pipelines[i] = bt_pipeline_new(cfg, store_override, d);
+        if (!s->pipelines[i]) {
+            bt_fmt(err, errlen, "cannot build a pipeline: %s",
+                   bt_diag_count(d) ? bt_diag_get(d, 0) : "unknown problem");
+            rc = BT_ECONFIG;
+        } else if (bt_store_open(s->store_location, &s->stores[i], err, errlen) != BT_OK) {
+            rc = BT_ESTORE;
+        }
+        bt_diag_free(d);
+    }
+
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
+    static const lws_retry_bo_t retry = {
+        .secs_since_valid_ping = 30,
+        .secs_since_valid_hangup = 60,
+    };
+    const struct lws_protocols protocols[] = {
+        {"baton", callback, sizeof(struct pss), 4096, 0, NULL, 0},
+        {NULL, NULL, 0, 0, 0, NULL, 0},
+    };
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = s->port;
+    info.iface = s->host;
+    info.protocols = protocols;
+    info.user = s;
+    info.retry_and_idle_policy = &retry;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (rc == BT_OK) {
+        s->ctx = lws_create_context(&info);
+        if (!s->ctx) {
+            bt_fmt(err, errlen, "cannot listen on %s:%d", s->host, s->port);
+            rc = BT_EIO;
+        }
+    }
+    int started = 0;
+    for (long long i = 0; rc == BT_OK && i < s->nworkers; i++) {
+        struct worker_arg *wa = bt_malloc(sizeof *wa);
+        wa->s = s;
+        wa->index = (int)i;
+        pthread_mutex_lock(&s->mu);
+        s->workers_alive++;
+        pthread_mutex_unlock(&s->mu);
+        if (pthread_create(&s->threads[i], NULL, worker_main, wa) != 0) {
+            free(wa);
+            pthread_mutex_lock(&s->mu);
+            s->workers_alive--;
+            pthread_mutex_unlock(&s->mu);
+            bt_fmt(err, errlen, "cannot start worker threads");
+            rc = BT_EIO;
+            break;
+        }
+        started++;
+    }
+    if (rc == BT_OK) {
+        bt_log(BT_LOG_INFO, "server", NULL, "listening on %s:%d with %lld workers", s->host,
+               s->port, s->nworkers);
+        lws_sul_schedule(s->ctx, 0, &s->sweep_sul, on_sweep, 1000);
+        lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
+        while (!*stop && lws_service(s->ctx, 0) >= 0)
+            ;
+        bt_log(BT_LOG_INFO, "server", NULL, "stopping");
+    }
+
+    /* Stop: no new jobs; workers finish the job in hand. Queued jobs that
+     * no worker started are dropped (nothing of them was recorded). */
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->job_cv);
+    int64_t deadline = bt_mono_ms() + STOP_WAIT_MS;
+    while (s->workers_alive > 0 && bt_mono_ms() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&s->done_cv, &s->mu, &ts);
+    }
+    bool all_done = s->workers_alive == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (!all_done) {
+        /* A worker is stuck in a connector call past every timeout; the
+         * process is about to exit, so leave it rather than hang. */
+        bt_log(BT_LOG_ERROR, "server", NULL, "workers did not finish within %d ms", STOP_WAIT_MS);
+        return rc;
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(s->threads[i], NULL);
+    if (s->ctx) {
+        lws_sul_cancel(&s->sweep_sul);
+        lws_sul_cancel(&s->tick_sul);
+        lws_context_destroy(s->ctx);
+    }
+    while (s->jobs_head) {
+        struct job *j = s->jobs_head;
+        s->jobs_head = j->next;
+        job_free(j);
+    }
+    while (s->results_head) {
+        struct result *r = s->results_head;
+        s->results_head = r->next;
+        result_free(r);
+    }
+    while (s->conns) {
+        struct conn *c = s->conns;
+        s->conns = c->next;
+        conn_free(c);
+    }
+    for (long long i = 0; i < s->nworkers; i++) {
+        bt_pipeline_free(s->pipelines[i]);
+        bt_store_close(s->stores[i]);
+    }
+    for (size_t i = 0; i < s->nrates; i++)
+        free(s->rates[i].user);
+    free(s->pipelines);
+    free(s->stores);
+    free(s->threads);
+    metrics_free(&s->m);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->job_cv);
+    pthread_cond_destroy(&s->done_cv);
+    free(s);
+    return rc;
+}

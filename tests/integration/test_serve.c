@@ -1,0 +1,645 @@
+/*
+ * `baton serve` end to end: the real binary on a free loopback port, a
+ * hand-written RFC 6455 client (real handshake, masked frames) speaking the
+ * console protocol, plain HTTP for /healthz and /metrics, and SIGTERM.
+ * Every wait is bounded.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <sys/socket.h>
+
+#include "harness.h"
+#include "test.h"
+
+#define WAIT_MS 20000
+
+static char tmp[] = "/tmp/bt-serve-XXXXXX";
+static char store[600];
+static char config[600];
+static int port;
+static pid_t server;
+
+/* ---- plumbing ------------------------------------------------------------- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int p = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        p = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return p;
+}
+
+static int tcp_connect(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool send_all(int fd, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Read at least one byte into b before the deadline; false on EOF/timeout. */
+static bool read_more(int fd, bt_buf *b, int64_t deadline)
+{
+    int64_t left = deadline - bt_mono_ms();
+    if (left <= 0)
+        return false;
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, (int)left) <= 0)
+        return false;
+    char buf[8192];
+    ssize_t k = recv(fd, buf, sizeof buf, 0);
+    return k > 0 && bt_buf_append(b, buf, (size_t)k) == BT_OK;
+}
+
+/* A plain HTTP GET; returns status and body (new) in *body. */
+static int http_get(const char *path, char **body)
+{
+    *body = NULL;
+    int fd = tcp_connect();
+    if (fd < 0)
+        return -1;
+    char req[256];
+    bt_fmt(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n",
+           path, port);
+    bt_buf b = BT_BUF_INIT(1 << 20);
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    int status = -1;
+    if (send_all(fd, req, strlen(req))) {
+        while (read_more(fd, &b, deadline))
+            ;
+    }
+    close(fd);
+    if (b.len > 12 && strncmp(b.data, "HTTP/1.1 ", 9) == 0)
+        status = (int)strtol(b.data + 9, NULL, 10);
+    char *sep = b.data ? strstr(b.data, "\r\n\r\n") : NULL;
+    *body = bt_strdup(sep ? sep + 4 : "");
+    bt_buf_free(&b);
+    return status;
+}
+
+/* ---- a minimal WebSocket client (RFC 6455) ---------------------------------- */
+
+struct ws {
+    int fd;
+    bt_buf in;
+};
+
+/* Open /ws with an Origin (NULL: none); NULL when the handshake fails. */
+static struct ws *ws_open(const char *origin)
+{
+    int fd = tcp_connect();
+    if (fd < 0)
+        return NULL;
+    const char *key = "dGhlIHNhbXBsZSBub25jZQ==";
+    char req[512], orig[300] = "";
+    if (origin)
+        bt_fmt(orig, sizeof orig, "Origin: %s\r\n", origin);
+    bt_fmt(req, sizeof req,
+           "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+           port, key, orig);
+    struct ws *w = bt_calloc(1, sizeof *w);
+    w->fd = fd;
+    w->in.max = 1 << 22;
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    bool ok = send_all(fd, req, strlen(req));
+    char *end = NULL;
+    while (ok && !(end = w->in.data ? strstr(w->in.data, "\r\n\r\n") : NULL))
+        ok = read_more(fd, &w->in, deadline);
+    /* The accept value proves the server really did the handshake:
+     * base64(sha1(key + GUID)). */
+    char cat[128];
+    unsigned char sha[EVP_MAX_MD_SIZE];
+    unsigned int shalen = 0;
+    unsigned char want[64];
+    bt_fmt(cat, sizeof cat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+    EVP_Digest(cat, strlen(cat), sha, &shalen, EVP_sha1(), NULL);
+    EVP_EncodeBlock(want, sha, (int)shalen);
+    if (!ok || strncmp(w->in.data, "HTTP/1.1 101", 12) != 0 ||
+        !strstr(w->in.data, (const char *)want)) {
+        close(fd);
+        bt_buf_free(&w->in);
+        free(w);
+        return NULL;
+    }
+    /* Keep what followed the headers. */
+    size_t used = (size_t)(end + 4 - w->in.data);
+    memmove(w->in.data, w->in.data + used, w->in.len - used);
+    w->in.len -= used;
+    return w;
+}
+
+static void ws_close(struct ws *w)
+{
+    if (!w)
+        return;
+    close(w->fd);
+    bt_buf_free(&w->in);
+    free(w);
+}
+
+/* Send one masked frame (opcode 1 text, 0 continuation), fin as given. */
+static bool ws_send_frame(struct ws *w, int opcode, bool fin, const void *data, size_t n)
+{
+    bt_buf f = BT_BUF_INIT(1 << 22);
+    unsigned char h[14];
+    size_t hl = 0;
+    h[hl++] = (unsigned char)((fin ? 0x80 : 0) | opcode);
+    if (n < 126) {
+        h[hl++] = (unsigned char)(0x80 | n);
+    } else if (n < 65536) {
+        h[hl++] = 0x80 | 126;
+        h[hl++] = (unsigned char)(n >> 8);
+        h[hl++] = (unsigned char)n;
+    } else {
+        h[hl++] = 0x80 | 127;
+        for (int i = 7; i >= 0; i--)
+            h[hl++] = (unsigned char)((uint64_t)n >> (8 * i));
+    }
+    const unsigned char mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    memcpy(h + hl, mask, 4);
+    hl += 4;
+    bt_buf_append(&f, h, hl);
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i] ^ mask[i % 4];
+        bt_buf_append(&f, &c, 1);
+    }
+    bool ok = send_all(w->fd, f.data, f.len);
+    bt_buf_free(&f);
+    return ok;
+}
+
+static bool ws_send(struct ws *w, const char *text)
+{
+    return ws_send_frame(w, 1, true, text, strlen(text));
+}
+
+/* Next text message as JSON (new), skipping control frames; NULL on
+ * timeout or close. */
+static json_t *ws_recv(struct ws *w, int timeout_ms)
+{
+    int64_t deadline = bt_mono_ms() + timeout_ms;
+    for (;;) {
+        const unsigned char *d = (const unsigned char *)w->in.data;
+        if (w->in.len >= 2) {
+            size_t n = d[1] & 0x7f, hl = 2;
+            if (n == 126 && w->in.len >= 4) {
+                n = ((size_t)d[2] << 8) | d[3];
+                hl = 4;
+            } else if (n == 127 && w->in.len >= 10) {
+                n = 0;
+                for (int i = 0; i < 8; i++)
+                    n = (n << 8) | d[2 + i];
+                hl = 10;
+            } else if (n >= 126) {
+                hl = 0;
+            }
+            if (hl && w->in.len >= hl + n) {
+                int opcode = d[0] & 0x0f;
+                json_t *msg = opcode == 1 ? json_loadb(w->in.data + hl, n, 0, NULL) : NULL;
+                memmove(w->in.data, w->in.data + hl + n, w->in.len - hl - n);
+                w->in.len -= hl + n;
+                if (opcode == 8)
+                    return NULL;
+                if (msg)
+                    return msg;
+                continue;
+            }
+        }
+        if (!read_more(w->fd, &w->in, deadline))
+            return NULL;
+    }
+}
+
+/* Next message of type (others, such as notices, are skipped). */
+static json_t *ws_expect(struct ws *w, const char *type)
+{
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    while (bt_mono_ms() < deadline) {
+        json_t *m = ws_recv(w, (int)(deadline - bt_mono_ms()));
+        if (!m)
+            break;
+        const char *t = json_string_value(json_object_get(m, "type"));
+        if (t && strcmp(t, type) == 0)
+            return m;
+        char *dump = json_dumps(m, JSON_COMPACT);
+        fprintf(stderr, "  (skipping %.300s while waiting for %s)\n", dump, type);
+        free(dump);
+        json_decref(m);
+    }
+    CHECK_MSG(0, "no %s message", type);
+    return NULL;
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
+/* Send text and expect an error with code; the connection then still
+ * answers a `pending`. */
+static void expect_error(struct ws *w, const char *text, size_t len, const char *code)
+{
+    CHECK(ws_send_frame(w, 1, true, text, len));
+    json_t *e = ws_expect(w, "error");
+    CHECK_STR(jstr(e, "code"), code);
+    CHECK(*jstr(e, "message") != '\0');
+    json_decref(e);
+    CHECK(ws_send(w, "{\"type\":\"pending\",\"id\":\"after\"}"));
+    json_t *p = ws_expect(w, "pending");
+    CHECK_STR(jstr(p, "in_reply_to"), "after");
+    json_decref(p);
+}
+
+static char *token_for(const char *user)
+{
+    struct out o =
+        run_in(NULL, NULL,
+               (const char *const[]){"--config", config, "--store", store, "token", user, NULL});
+    CHECK_MSG(o.code == 0, "baton token %s: exit %d: %s", user, o.code, o.err);
+    char *t = bt_strndup(o.out, strcspn(o.out, "\n"));
+    CHECK(strncmp(t, "bt_", 3) == 0);
+    out_free(&o);
+    return t;
+}
+
+static struct ws *signed_in(const char *token, const char *user)
+{
+    struct ws *w = ws_open(NULL);
+    CHECK(w != NULL);
+    if (!w)
+        return NULL;
+    char hello[200];
+    bt_fmt(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"h\",\"token\":\"%s\"}", token);
+    CHECK(ws_send(w, hello));
+    json_t *m = ws_expect(w, "welcome");
+    CHECK_STR(jstr(m, "user"), user);
+    json_decref(m);
+    return w;
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static char *alice_token, *bob_token, *carol_token;
+
+static void test_http(void)
+{
+    char *body;
+    CHECK_INT(http_get("/healthz", &body), 200);
+    free(body);
+    CHECK_INT(http_get("/metrics", &body), 200);
+    static const char *const names[] = {
+        "baton_requests_total",         "baton_executions_total",  "baton_protocol_errors_total",
+        "baton_stage_duration_seconds", "baton_pending_approvals", "baton_open_connections"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        CHECK_MSG(body && strstr(body, names[i]), "metrics lack %s", names[i]);
+    free(body);
+    CHECK_INT(http_get("/nothing-here", &body), 404);
+    free(body);
+}
+
+static void test_sign_in(void)
+{
+    struct ws *w = ws_open(NULL);
+    CHECK(w != NULL);
+    if (!w)
+        return;
+    CHECK(ws_send(w, "{\"type\":\"say\",\"id\":\"1\",\"text\":\"how many assets do we have?\"}"));
+    json_t *e = ws_expect(w, "error");
+    CHECK_STR(jstr(e, "code"), "unauthenticated");
+    CHECK_STR(jstr(e, "in_reply_to"), "1");
+    json_decref(e);
+    CHECK(ws_send(w, "{\"type\":\"hello\",\"id\":\"2\",\"token\":\"bt_not-a-token\"}"));
+    e = ws_expect(w, "error");
+    CHECK_STR(jstr(e, "code"), "bad_token");
+    json_decref(e);
+    CHECK(ws_send(w, "{\"type\":\"hello\",\"id\":\"3\"}"));
+    e = ws_expect(w, "error");
+    CHECK_STR(jstr(e, "code"), "missing_field");
+    json_decref(e);
+    char hello[200];
+    bt_fmt(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"4\",\"token\":\"%s\"}", alice_token);
+    CHECK(ws_send(w, hello));
+    json_t *m = ws_expect(w, "welcome");
+    CHECK_STR(jstr(m, "user"), "alice");
+    CHECK_STR(jstr(m, "role"), "operator");
+    CHECK_STR(jstr(m, "in_reply_to"), "4");
+    json_decref(m);
+    ws_close(w);
+}
+
+static void test_requests_and_approvals(void)
+{
+    struct ws *a = signed_in(alice_token, "alice");
+    struct ws *b = signed_in(bob_token, "bob");
+    if (!a || !b) {
+        ws_close(a);
+        ws_close(b);
+        return;
+    }
+    CHECK(ws_send(a, "{\"type\":\"say\",\"id\":\"q1\",\"text\":\"how many assets do we have?\"}"));
+    json_t *r = ws_expect(a, "reply");
+    CHECK_STR(jstr(r, "in_reply_to"), "q1");
+    CHECK_STR(jstr(r, "kind"), "answer");
+    CHECK_MSG(strstr(jstr(r, "text"), "24 assets"), "text: %s", jstr(r, "text"));
+    CHECK(json_is_object(json_object_get(r, "data")));
+    json_decref(r);
+
+    CHECK(ws_send(a, "{\"type\":\"say\",\"id\":\"q2\",\"text\":\"restart nginx on web-01\"}"));
+    r = ws_expect(a, "plan");
+    CHECK_STR(jstr(r, "in_reply_to"), "q2");
+    CHECK(json_is_object(json_object_get(r, "plan")));
+    CHECK(json_is_object(json_object_get(r, "approval")));
+    json_decref(r);
+
+    CHECK(ws_send(
+        a, "{\"type\":\"say\",\"id\":\"q3\",\"text\":\"deploy billing-api 1.2.3 to production\"}"));
+    r = ws_expect(a, "plan");
+    char *approval = bt_strdup(jstr(r, "approval_id"));
+    CHECK(*approval);
+    json_decref(r);
+
+    /* bob sees it waiting, then approves it from his own connection. */
+    CHECK(ws_send(b, "{\"type\":\"pending\",\"id\":\"p1\"}"));
+    r = ws_expect(b, "pending");
+    CHECK(json_is_array(json_object_get(r, "approvals")));
+    bool seen = false;
+    size_t i;
+    json_t *ap;
+    json_array_foreach(json_object_get(r, "approvals"), i, ap)
+    {
+        char *dump = json_dumps(ap, JSON_COMPACT);
+        if (dump && strstr(dump, approval))
+            seen = true;
+        free(dump);
+    }
+    CHECK_MSG(seen, "approval %s not pending", approval);
+    json_decref(r);
+
+    char msg[300];
+    bt_fmt(msg, sizeof msg,
+           "{\"type\":\"decide\",\"id\":\"d1\",\"approval\":\"%s\",\"decision\":\"approve\"}",
+           approval);
+    CHECK(ws_send(b, msg));
+    r = ws_recv(b, WAIT_MS);
+    CHECK(r != NULL);
+    const char *t = jstr(r, "type");
+    CHECK_MSG(strcmp(t, "reply") == 0 || strcmp(t, "result") == 0, "decide answered %s", t);
+    CHECK_STR(jstr(r, "in_reply_to"), "d1");
+    CHECK_STR(jstr(json_object_get(r, "data"), "status"), "recorded");
+    json_decref(r);
+
+    /* alice cannot decide on her own level-2 plan: the pipeline refuses,
+     * the protocol carries it as a reply. */
+    bt_fmt(msg, sizeof msg, "{\"type\":\"cancel\",\"id\":\"c1\",\"approval\":\"%s\"}", approval);
+    CHECK(ws_send(a, msg));
+    r = ws_recv(a, WAIT_MS);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "in_reply_to"), "c1");
+    json_decref(r);
+
+    CHECK(ws_send(a, "{\"type\":\"history\",\"id\":\"h1\"}"));
+    r = ws_expect(a, "history");
+    CHECK_STR(jstr(r, "in_reply_to"), "h1");
+    CHECK(json_array_size(json_object_get(r, "requests")) >= 3);
+    json_decref(r);
+    free(approval);
+    ws_close(a);
+    ws_close(b);
+}
+
+static void test_protocol_errors(void)
+{
+    struct ws *w = signed_in(alice_token, "alice");
+    if (!w)
+        return;
+    expect_error(w, "{not json", 9, "bad_json");
+    expect_error(w, "[1,2]", 5, "bad_json");
+    expect_error(w, "{\"type\":\"say\",\"text\":\"\xff\xfe\"}", 25, "bad_utf8");
+    expect_error(w, "{\"type\":\"dance\",\"id\":\"x\"}", 25, "unknown_type");
+    expect_error(w, "{\"type\":\"say\",\"id\":\"x\"}", 23, "missing_field");
+    expect_error(w, "{\"id\":\"x\"}", 10, "missing_field");
+    /* Over max_frame_bytes (65536), in one frame and in fragments. */
+    size_t n = 70000;
+    char *big = bt_malloc(n);
+    memset(big, 'a', n);
+    expect_error(w, big, n, "too_big");
+    CHECK(ws_send_frame(w, 1, false, big, 40000));
+    CHECK(ws_send_frame(w, 0, true, big, 40000));
+    json_t *e = ws_expect(w, "error");
+    CHECK_STR(jstr(e, "code"), "too_big");
+    json_decref(e);
+    free(big);
+    /* A message in two fragments that fits is put back together. */
+    const char *m = "{\"type\":\"pending\",\"id\":\"frag\"}";
+    CHECK(ws_send_frame(w, 1, false, m, 10));
+    CHECK(ws_send_frame(w, 0, true, m + 10, strlen(m) - 10));
+    json_t *p = ws_expect(w, "pending");
+    CHECK_STR(jstr(p, "in_reply_to"), "frag");
+    json_decref(p);
+    ws_close(w);
+}
+
+static void test_rate_limit(void)
+{
+    struct ws *w = signed_in(carol_token, "carol");
+    if (!w)
+        return;
+    /* rate_limit is 60 per user per minute in the shipped configuration. */
+    int limited = 0, answered = 0;
+    for (int i = 0; i < 61; i++)
+        CHECK(ws_send(w, "{\"type\":\"pending\",\"id\":\"r\"}"));
+    for (int i = 0; i < 61; i++) {
+        json_t *m = ws_recv(w, WAIT_MS);
+        if (!m)
+            break;
+        if (strcmp(jstr(m, "type"), "error") == 0 && strcmp(jstr(m, "code"), "rate_limited") == 0)
+            limited++;
+        else if (strcmp(jstr(m, "type"), "pending") == 0)
+            answered++;
+        json_decref(m);
+    }
+    CHECK_INT(answered, 60);
+    CHECK_INT(limited, 1);
+    ws_close(w);
+}
+
+static void test_origin(void)
+{
+    char own[64];
+    bt_fmt(own, sizeof own, "http://127.0.0.1:%d", port);
+    struct ws *w = ws_open(own);
+    CHECK_MSG(w != NULL, "own origin refused");
+    ws_close(w);
+    w = ws_open("http://evil.example");
+    CHECK_MSG(w == NULL, "foreign origin accepted");
+    ws_close(w);
+}
+
+static void test_sigterm(void)
+{
+    struct ws *w = signed_in(alice_token, "alice");
+    CHECK(kill(server, SIGTERM) == 0);
+    int status = -1;
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    pid_t got = 0;
+    while ((got = waitpid(server, &status, WNOHANG)) == 0 && bt_mono_ms() < deadline) {
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
+    if (got == 0) {
+        kill(server, SIGKILL);
+        waitpid(server, &status, 0);
+    }
+    CHECK_MSG(got == server, "baton serve did not stop within %d ms", WAIT_MS);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    server = 0;
+    ws_close(w);
+}
+
+/* Start baton serve with the configuration in dir, stderr into log; wait
+ * (bounded) until /healthz answers. */
+static bool start_server(const char *dir, const char *log)
+{
+    char listen[64];
+    bt_fmt(listen, sizeof listen, "127.0.0.1:%d", port);
+    server = fork();
+    if (server == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        execl(BATON_BIN, BATON_BIN, "--config", dir, "--store", store, "serve", "--listen", listen,
+              (char *)NULL);
+        _exit(127);
+    }
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    bool up = false;
+    while (!up && bt_mono_ms() < deadline) {
+        char *body;
+        up = http_get("/healthz", &body) == 200;
+        free(body);
+        if (!up) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    CHECK_MSG(up, "baton serve did not come up on %s", listen);
+    return up;
+}
+
+/* A connection that says nothing for idle_timeout_s is closed (a second
+ * server whose configuration sets the minimum, 10 s). */
+static void test_idle_timeout(void)
+{
+    struct ws *w = signed_in(alice_token, "alice");
+    if (!w)
+        return;
+    int64_t t0 = bt_mono_ms();
+    json_t *m = ws_recv(w, 16000);
+    int64_t waited = bt_mono_ms() - t0;
+    CHECK(m == NULL);
+    json_decref(m);
+    CHECK_MSG(waited >= 9000 && waited < 15500, "closed after %lld ms", (long long)waited);
+    /* closed, not timed out: a read now sees end of stream at once */
+    char c;
+    CHECK(recv(w->fd, &c, 1, MSG_DONTWAIT) == 0);
+    ws_close(w);
+}
+
+static void stop_server(void)
+{
+    if (server > 0) {
+        kill(server, SIGTERM);
+        int64_t deadline = bt_mono_ms() + WAIT_MS;
+        while (waitpid(server, NULL, WNOHANG) == 0 && bt_mono_ms() < deadline) {
+            struct timespec ts = {0, 50000000};
+            nanosleep(&ts, NULL);
+        }
+        kill(server, SIGKILL);
+        waitpid(server, NULL, 0);
+        server = 0;
+    }
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    CHECK(mkdtemp(tmp) != NULL);
+    bt_fmt(store, sizeof store, "%s/baton.db", tmp);
+    bt_fmt(config, sizeof config, "%s/config", BT_SOURCE_DIR);
+    port = free_port();
+    CHECK(port > 0);
+    alice_token = token_for("alice");
+    bob_token = token_for("bob");
+    carol_token = token_for("carol");
+    struct out o = run_in(
+        NULL, NULL,
+        (const char *const[]){"--config", config, "--store", store, "token", "mallory", NULL});
+    CHECK_INT(o.code, 7);
+    out_free(&o);
+
+    char log[700];
+    bt_fmt(log, sizeof log, "%s/serve.log", tmp);
+    bool up = start_server(config, log);
+    if (up) {
+        RUN(test_http);
+        RUN(test_sign_in);
+        RUN(test_requests_and_approvals);
+        RUN(test_protocol_errors);
+        RUN(test_rate_limit);
+        RUN(test_origin);
+        RUN(test_sigterm);
+    }
+    stop_server();
+    /* A configuration with the shortest idle timeout. */
+    static const char *const no_edits[] = {NULL, NULL};
+    CHECK(make_config_with(tmp, no_edits));
+    char path[700];
+    bt_fmt(path, sizeof path, "%s/baton.yaml", cfgdir);
+    char *yaml = replace(slurp(path), "idle_timeout_s: 300", "idle_timeout_s: 10");
+    CHECK(yaml && strstr(yaml, "idle_timeout_s: 10"));
+    spit(path, yaml ? yaml : "");
+    free(yaml);
+    port = free_port();
+    if (start_server(cfgdir, log))
+        RUN(test_idle_timeout);
+    stop_server();
+    if (bt_test_failed) {
+        char *text = slurp(log);
+        fprintf(stderr, "--- serve log ---\n%s\n", text ? text : "");
+        free(text);
+    }
+    free(alice_token);
+    free(bob_token);
+    free(carol_token);
+    rm_tree(tmp);
+    return bt_test_finish();
+}
