@@ -304,9 +304,47 @@ static void put_counters(bt_buf *b, const char *name, const char *help, const st
         bt_buf_printf(b, "%s{%s} %llu\n", name, set[i].key, set[i].n);
 }
 
-static char *metrics_text(struct metrics *m)
+/* The connectors' circuit breakers as gauges and counters. breakers is
+ * bt_pipeline_breakers' array (borrowed). */
+static void put_breakers(bt_buf *b, const json_t *breakers)
+{
+    static const char *const states[] = {"closed", "open", "half_open"};
+    bt_buf_puts(b, "# HELP baton_connector_circuit_state Circuit breaker state per connector "
+                   "(1 for the current state).\n# TYPE baton_connector_circuit_state gauge\n");
+    size_t i;
+    json_t *br;
+    json_array_foreach(breakers, i, br)
+    {
+        const char *name = json_string_value(json_object_get(br, "connector"));
+        const char *state = json_string_value(json_object_get(br, "state"));
+        for (size_t k = 0; k < 3 && name; k++)
+            bt_buf_printf(b, "baton_connector_circuit_state{connector=\"%s\",state=\"%s\"} %d\n",
+                          name, states[k], state && strcmp(state, states[k]) == 0);
+    }
+    bt_buf_puts(b, "# HELP baton_connector_failures Consecutive transient failures per "
+                   "connector.\n# TYPE baton_connector_failures gauge\n");
+    json_array_foreach(breakers, i, br)
+    {
+        const char *name = json_string_value(json_object_get(br, "connector"));
+        if (name)
+            bt_buf_printf(b, "baton_connector_failures{connector=\"%s\"} %lld\n", name,
+                          (long long)json_integer_value(json_object_get(br, "failures")));
+    }
+    bt_buf_puts(b, "# HELP baton_connector_circuit_opened_total Times each connector's circuit "
+                   "opened.\n# TYPE baton_connector_circuit_opened_total counter\n");
+    json_array_foreach(breakers, i, br)
+    {
+        const char *name = json_string_value(json_object_get(br, "connector"));
+        if (name)
+            bt_buf_printf(b, "baton_connector_circuit_opened_total{connector=\"%s\"} %lld\n", name,
+                          (long long)json_integer_value(json_object_get(br, "times_opened")));
+    }
+}
+
+static char *metrics_text(struct metrics *m, const json_t *breakers)
 {
     bt_buf b = BT_BUF_INIT(1 << 20);
+    put_breakers(&b, breakers);
     pthread_mutex_lock(&m->mu);
     put_counters(&b, "baton_requests_total", "Requests handled, by intent and kind.", m->requests,
                  m->nrequests);
@@ -795,6 +833,17 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
+/* /metrics: the counters plus the circuit breakers of the connectors the
+ * workers share (a quick read under the breakers' own lock). */
+static char *metrics_with_breakers(struct bt_server *s)
+{
+    json_t *breakers =
+        s->nworkers > 0 && s->pipelines[0] ? bt_pipeline_breakers(s->pipelines[0]) : json_array();
+    char *text = metrics_text(&s->m, breakers);
+    json_decref(breakers);
+    return text;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
@@ -814,7 +863,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain", bt_strdup("ok\n"));
         if (strcmp(uri, "/metrics") == 0)
             return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain; version=0.0.4",
-                              metrics_text(&s->m));
+                              metrics_with_breakers(s));
         return http_reply(wsi, pss->c, HTTP_STATUS_NOT_FOUND, "text/plain",
                           bt_strdup("not found\n"));
     }
@@ -1002,7 +1051,13 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     s->threads = bt_calloc((size_t)s->nworkers, sizeof *s->threads);
     for (long long i = 0; i < s->nworkers && rc == BT_OK; i++) {
         bt_diag *d = bt_diag_new();
-        s->pipelines[i] = bt_pipeline_new(cfg, store_override, d);
+        /* The first pipeline compiles everything; the others share its
+         * read-only parts and its connectors (one circuit breaker per
+         * connector per process) and have their own store handles. */
+        if (i == 0)
+            s->pipelines[i] = bt_pipeline_new(cfg, store_override, d);
+        else if (!(s->pipelines[i] = bt_pipeline_sibling(s->pipelines[0], err, errlen)))
+            bt_diag_add(d, NULL, 0, NULL, "%s", err);
         if (!s->pipelines[i]) {
             bt_fmt(err, errlen, "cannot build a pipeline: %s",
                    bt_diag_count(d) ? bt_diag_get(d, 0) : "unknown problem");
@@ -1108,7 +1163,8 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
         s->conns = c->next;
         conn_free(c);
     }
-    for (long long i = 0; i < s->nworkers; i++) {
+    /* Siblings first: they borrow from the first pipeline. */
+    for (long long i = s->nworkers; i-- > 0;) {
         bt_pipeline_free(s->pipelines[i]);
         bt_store_close(s->stores[i]);
     }

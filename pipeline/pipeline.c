@@ -34,6 +34,9 @@ struct bt_pipeline {
     struct bt_execute_config exec_conf;
     bt_execute *exec;
     bool batch_open; /* a request's records are being written as one unit */
+    /* A sibling borrows the read-only parts (catalog, tools, policy,
+     * connectors, inventory) of the pipeline it was made from. */
+    bool sibling;
 };
 
 /* Close the request's unit of records. Nothing may act on them before this
@@ -199,6 +202,11 @@ void bt_pipeline_free(bt_pipeline *p)
     bt_execute_free(p->exec);
     bt_approvals_free(p->approvals);
     bt_store_close(p->store);
+    if (p->sibling) {
+        free(p->store_location);
+        free(p);
+        return;
+    }
     bt_connectors_free(p->conns);
     bt_tools_free(p->tools);
     bt_intents_free(p->intents);
@@ -208,6 +216,39 @@ void bt_pipeline_free(bt_pipeline *p)
     json_decref(p->intent_list);
     free(p->store_location);
     free(p);
+}
+
+bt_pipeline *bt_pipeline_sibling(const bt_pipeline *first, char *err, size_t errlen)
+{
+    bt_pipeline *p = bt_calloc(1, sizeof *p);
+    p->sibling = true;
+    p->cfg = first->cfg;
+    p->store_location = bt_strdup(first->store_location);
+    p->assets = first->assets;
+    p->by_name = first->by_name;
+    p->intent_list = first->intent_list;
+    p->intents = first->intents;
+    p->tools = first->tools;
+    p->policy = first->policy;
+    p->conns = first->conns;
+    p->exec_conf = first->exec_conf;
+    if (bt_store_open(p->store_location, &p->store, err, errlen) != BT_OK) {
+        bt_pipeline_free(p);
+        return NULL;
+    }
+    p->approvals = bt_approvals_new(p->store, p->policy, err, errlen);
+    if (!p->approvals) {
+        bt_pipeline_free(p);
+        return NULL;
+    }
+    bt_approvals_set_users(p->approvals, bt_config_get(p->cfg, "users"));
+    p->exec = bt_execute_new(&p->exec_conf, p->conns, p->tools, p->store, NULL, NULL);
+    return p;
+}
+
+json_t *bt_pipeline_breakers(const bt_pipeline *p)
+{
+    return bt_connectors_breakers(p->conns);
 }
 
 static bool asset_has_service(const json_t *asset, const char *service)

@@ -27,6 +27,17 @@ typedef struct bt_pipeline bt_pipeline;
 bt_pipeline *bt_pipeline_new(const bt_config *cfg, const char *store_override, bt_diag *d);
 void bt_pipeline_free(bt_pipeline *p);
 
+/* A pipeline for another thread that shares first's read-only parts (the
+ * compiled catalog, tools, policy, inventory) and its connectors, so circuit
+ * breakers and connection limits are per process, not per thread; it has
+ * its own store handle and dialogue. first must outlive it. NULL and err
+ * when the store cannot be opened. */
+bt_pipeline *bt_pipeline_sibling(const bt_pipeline *first, char *err, size_t errlen);
+
+/* The connectors' circuit breakers (bt_connectors_breakers' array; new).
+ * Thread-safe. */
+json_t *bt_pipeline_breakers(const bt_pipeline *p);
+
 /* Stages A-D without executing or storing anything. Returns a new object:
  *   request_id, request (the text as received), user,
  *   category, intent, entities, confidence, targets, corrections,

@@ -322,6 +322,14 @@ static void test_http(void)
         "baton_stage_duration_seconds", "baton_pending_approvals", "baton_open_connections"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         CHECK_MSG(body && strstr(body, names[i]), "metrics lack %s", names[i]);
+    /* one breaker per connector for the whole process, all closed */
+    CHECK_MSG(body && strstr(body, "baton_connector_circuit_state{connector=\"local\","
+                                   "state=\"closed\"} 1\n"),
+              "%s", body ? body : "");
+    CHECK_MSG(body && strstr(body, "baton_connector_circuit_state{connector=\"inventory\","
+                                   "state=\"open\"} 0\n"),
+              "%s", body ? body : "");
+    CHECK(body && strstr(body, "baton_connector_circuit_opened_total{connector=\"local\"} 0"));
     free(body);
     CHECK_INT(http_get("/nothing-here", &body), 404);
     free(body);
