@@ -1925,6 +1925,37 @@ static enum bt_err sq_job_add(void *be, const char *execution_id, int step, cons
     return e;
 }
 
+/* One row of a listing as a new object; sets *bad on damaged columns. */
+typedef json_t *(*row_fn)(sqlite3_stmt *st, bool *bad);
+
+/* Step st (already bound) to its end, one object per row from row, and
+ * reset it. what names the rows in messages ("pending approvals"). The
+ * loop ends with the statement's rows, which its LIMIT (or the data it
+ * selects by key) bounds. On success *out is the new array. */
+static enum bt_err collect_rows(struct sq *s, sqlite3_stmt *st, row_fn row, const char *what,
+                                json_t **out, char *err, size_t errlen)
+{
+    json_t *arr = json_array();
+    bool bad = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, row(st, &bad));
+    enum bt_err e = BT_OK;
+    if (rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "list %s", what);
+    } else if (bad) {
+        bt_fmt(err, errlen, "%s: %s: an entry is damaged", s->path, what);
+        e = BT_ECORRUPT;
+    }
+    done(st);
+    if (e != BT_OK) {
+        json_decref(arr);
+        return e;
+    }
+    *out = arr;
+    return BT_OK;
+}
+
 /* One jobs row (SQ_JOB_COLS) as a new object; *bad on junk. */
 static json_t *job_row(sqlite3_stmt *st, bool *bad)
 {
@@ -2082,24 +2113,9 @@ static enum bt_err sq_jobs_of(void *be, const char *execution_id, json_t **out, 
     if (e != BT_OK)
         return e;
     bind_text(st, 1, execution_id);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, job_row(st, &bad));
-    if (rc != SQLITE_DONE)
-        e = sq_fail(s, rc, err, errlen, "list jobs of execution '%.64s'", execution_id);
-    else if (bad) {
-        bt_fmt(err, errlen, "%s: a job of execution '%.64s' is damaged", s->path, execution_id);
-        e = BT_ECORRUPT;
-    }
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    char what[128];
+    bt_fmt(what, sizeof what, "jobs of execution '%.64s'", execution_id);
+    return collect_rows(s, st, job_row, what, out, err, errlen);
 }
 
 static enum bt_err sq_notify(void *be, const char *execution_id, const char *text, char *err,
@@ -2455,24 +2471,9 @@ static enum bt_err approvals_list(struct sq *s, enum sq_stmt id, const char *whi
     if (e != BT_OK)
         return e;
     sqlite3_bind_int(st, 1, BT_STORE__PENDING_MAX);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, approval_row(st, &bad));
-    if (rc != SQLITE_DONE) {
-        e = sq_fail(s, rc, err, errlen, "list %s approvals", which);
-    } else if (bad) {
-        bt_fmt(err, errlen, "%s: one of the %s approvals is damaged", s->path, which);
-        e = BT_ECORRUPT;
-    }
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    char what[64];
+    bt_fmt(what, sizeof what, "%s approvals", which);
+    return collect_rows(s, st, approval_row, what, out, err, errlen);
 }
 
 static enum bt_err sq_approvals_pending(void *be, json_t **out, char *err, size_t errlen)
@@ -2503,24 +2504,9 @@ static enum bt_err sq_approval_decisions(void *be, const char *approval_id, json
     if (e != BT_OK)
         return e;
     bind_text(st, 1, approval_id);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, decision_row(st, &bad));
-    if (rc != SQLITE_DONE) {
-        e = sq_fail(s, rc, err, errlen, "read the decisions on approval '%.64s'", approval_id);
-    } else if (bad) {
-        bt_fmt(err, errlen, "%s: a decision on approval '%.64s' is damaged", s->path, approval_id);
-        e = BT_ECORRUPT;
-    }
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    char what[128];
+    bt_fmt(what, sizeof what, "decisions on approval '%.64s'", approval_id);
+    return collect_rows(s, st, decision_row, what, out, err, errlen);
 }
 
 /* An optional time column: its integer, or JSON null for SQL NULL. */
@@ -2630,20 +2616,7 @@ static enum bt_err sq_approvals_unstarted(void *be, int64_t decided_before_ms, j
         return e;
     sqlite3_bind_int64(st, 1, decided_before_ms);
     sqlite3_bind_int(st, 2, BT_STORE__PENDING_MAX);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, approval_row(st, &bad));
-    if (rc != SQLITE_DONE)
-        e = sq_fail(s, rc, err, errlen, "list approved plans that never started");
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    return collect_rows(s, st, approval_row, "approved plans that never started", out, err, errlen);
 }
 
 static enum bt_err sq_approvals_open(void *be, json_t **out, char *err, size_t errlen)
@@ -2774,24 +2747,7 @@ static enum bt_err sq_audit_list(void *be, int64_t since_ms, long limit, json_t 
         return e;
     sqlite3_bind_int64(st, 1, since_ms);
     sqlite3_bind_int64(st, 2, limit);
-    json_t *arr = json_array();
-    bool bad = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(arr, audit_row(st, &bad));
-    if (rc != SQLITE_DONE) {
-        e = sq_fail(s, rc, err, errlen, "list the audit log");
-    } else if (bad) {
-        bt_fmt(err, errlen, "%s: audit log: an entry is damaged (run verify)", s->path);
-        e = BT_ECORRUPT;
-    }
-    done(st);
-    if (e != BT_OK) {
-        json_decref(arr);
-        return e;
-    }
-    *out = arr;
-    return BT_OK;
+    return collect_rows(s, st, audit_row, "audit log entries", out, err, errlen);
 }
 
 /* Check one row against the chain so far: seq follows on, prev_hash is the
