@@ -307,28 +307,6 @@ static const char *sub(char *buf, size_t n, const char *parent, const char *key)
     return buf;
 }
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "a mapping";
-    case JSON_ARRAY:
-        return "a list";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "a whole number";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "empty";
-    }
-    return "unknown";
-}
-
 /* obj[key], treating an explicit null (`key:` with nothing after it) as absent. */
 static json_t *opt(const json_t *obj, const char *key)
 {
@@ -369,7 +347,7 @@ static json_t *get_object(struct chk *c, const json_t *obj, const char *key, con
         return NULL;
     }
     if (!json_is_object(v)) {
-        FAIL(c, obj, key, path, "must be a mapping, found %s", type_name(v));
+        FAIL(c, obj, key, path, "must be a mapping, found %s", bt_conf_type_name(v));
         return NULL;
     }
     return v;
@@ -385,7 +363,7 @@ static const char *get_string(struct chk *c, const json_t *obj, const char *key,
         return NULL;
     }
     if (!json_is_string(v) || json_string_length(v) == 0) {
-        FAIL(c, obj, key, path, "must be a non-empty string, found %s", type_name(v));
+        FAIL(c, obj, key, path, "must be a non-empty string, found %s", bt_conf_type_name(v));
         return NULL;
     }
     return json_string_value(v);
@@ -399,7 +377,7 @@ static bool get_int(struct chk *c, const json_t *obj, const char *key, const cha
     if (!v)
         return false;
     if (!json_is_integer(v)) {
-        FAIL(c, obj, key, path, "must be a whole number, found %s", type_name(v));
+        FAIL(c, obj, key, path, "must be a whole number, found %s", bt_conf_type_name(v));
         return false;
     }
     json_int_t n = json_integer_value(v);
@@ -443,7 +421,8 @@ static bool get_strlist(struct chk *c, const json_t *obj, const char *key, const
         return true;
     }
     if (!json_is_array(v)) {
-        FAIL(c, obj, key, path, "must be a string or a list of strings, found %s", type_name(v));
+        FAIL(c, obj, key, path, "must be a string or a list of strings, found %s",
+             bt_conf_type_name(v));
         return false;
     }
     if (json_array_size(v) == 0) {
@@ -459,7 +438,8 @@ static bool get_strlist(struct chk *c, const json_t *obj, const char *key, const
             allow_int || json_is_string(item) ? value_text(item, num, sizeof num) : NULL;
         if (!s || !*s) {
             chk_line(c, item_line(c, item, obj, key), path, "item %zu must be a %s, found %s", i,
-                     allow_int ? "string or a whole number" : "non-empty string", type_name(item));
+                     allow_int ? "string or a whole number" : "non-empty string",
+                     bt_conf_type_name(item));
             ok = false;
             continue;
         }
@@ -505,7 +485,7 @@ static void parse_groups(struct chk *c, const json_t *root, bt_policy *p)
                  "letter or digit");
         if (g && !json_is_null(g) && !json_is_object(g)) {
             FAIL(c, groups, name, path, "must be a mapping ({description: ...}), found %s",
-                 type_name(g));
+                 bt_conf_type_name(g));
         } else if (json_is_object(g)) {
             check_keys(c, g, path, keys);
             get_string(c, g, "description", sub(p2, sizeof p2, path, "description"), false);
@@ -530,7 +510,7 @@ static void parse_user(struct chk *c, const json_t *users, const char *name, con
              "or digit");
     if (!json_is_object(u)) {
         FAIL(c, users, name, path, "must be a mapping (role, groups, identities), found %s",
-             type_name(u));
+             bt_conf_type_name(u));
         return;
     }
     static const char *const keys[] = {"role", "groups", "identities", NULL};
@@ -749,7 +729,7 @@ static void parse_rule(struct chk *c, const json_t *rules, size_t index, const j
     if (!json_is_object(rj)) {
         r->name = bt_strdup("(not a mapping)");
         chk_line(c, item_line(c, rj, rules, NULL), path, "must be a mapping, found %s",
-                 type_name(rj));
+                 bt_conf_type_name(rj));
         return;
     }
     static const char *const keys[] = {
@@ -932,7 +912,7 @@ static void parse_policy(struct chk *c, const json_t *root, bt_policy *p,
 
     json_t *rules = opt(pol, "rules");
     if (rules && !json_is_array(rules)) {
-        FAIL(c, pol, "rules", "policy.rules", "must be a list, found %s", type_name(rules));
+        FAIL(c, pol, "rules", "policy.rules", "must be a list, found %s", bt_conf_type_name(rules));
         return;
     }
     p->rules = bt_calloc(json_array_size(rules) + 1, sizeof *p->rules);
