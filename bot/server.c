@@ -30,7 +30,6 @@
 #include "pipeline/pipeline.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8080"
-#define DEFAULT_STORE "var/baton.db"
 #define JOB_QUEUE_MAX 256 /* jobs waiting for a worker */
 #define OUTQ_MAX 64       /* messages waiting to be written per connection */
 #define SWEEP_INTERVAL_US 30000000LL
@@ -118,7 +117,6 @@ struct pss {
 
 struct bt_server {
     const bt_config *cfg;
-    const char *store_location;
     /* settings */
     char host[256];
     int port;
@@ -148,7 +146,6 @@ struct bt_server {
     /* workers */
     pthread_t *threads;
     bt_pipeline **pipelines;
-    bt_store **stores;
     struct metrics m;
 };
 
@@ -559,7 +556,7 @@ static void *worker_main(void *arg)
     struct worker_arg *wa = arg;
     struct bt_server *s = wa->s;
     bt_pipeline *p = s->pipelines[wa->index];
-    bt_store *st = s->stores[wa->index];
+    bt_store *st = bt_pipeline_store(p);
     free(wa);
     for (;;) {
         pthread_mutex_lock(&s->mu);
@@ -1024,9 +1021,6 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     enum bt_err rc = BT_OK;
     s->cfg = cfg;
     s->stop = stop;
-    const char *loc =
-        store_override ? store_override : json_string_value(bt_config_get(cfg, "store.location"));
-    s->store_location = loc ? loc : DEFAULT_STORE;
     const char *listen =
         listen_override ? listen_override : json_string_value(bt_config_get(cfg, "server.listen"));
     if (!parse_listen(listen ? listen : DEFAULT_LISTEN, s->host, sizeof s->host, &s->port)) {
@@ -1044,10 +1038,9 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     pthread_cond_init(&s->job_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
 
-    /* One pipeline and one store handle per worker, built before any
-     * thread starts so a configuration problem stops `serve` at once. */
+    /* One pipeline (with its own store handle) per worker, built before
+     * any thread starts so a configuration problem stops `serve` at once. */
     s->pipelines = bt_calloc((size_t)s->nworkers, sizeof *s->pipelines);
-    s->stores = bt_calloc((size_t)s->nworkers, sizeof *s->stores);
     s->threads = bt_calloc((size_t)s->nworkers, sizeof *s->threads);
     for (long long i = 0; i < s->nworkers && rc == BT_OK; i++) {
         bt_diag *d = bt_diag_new();
@@ -1062,8 +1055,6 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
             bt_fmt(err, errlen, "cannot build a pipeline: %s",
                    bt_diag_count(d) ? bt_diag_get(d, 0) : "unknown problem");
             rc = BT_ECONFIG;
-        } else if (bt_store_open(s->store_location, &s->stores[i], err, errlen) != BT_OK) {
-            rc = BT_ESTORE;
         }
         bt_diag_free(d);
     }
@@ -1166,12 +1157,10 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     /* Siblings first: they borrow from the first pipeline. */
     for (long long i = s->nworkers; i-- > 0;) {
         bt_pipeline_free(s->pipelines[i]);
-        bt_store_close(s->stores[i]);
     }
     for (size_t i = 0; i < s->nrates; i++)
         free(s->rates[i].user);
     free(s->pipelines);
-    free(s->stores);
     free(s->threads);
     metrics_free(&s->m);
     pthread_mutex_destroy(&s->mu);

@@ -246,6 +246,11 @@ bt_pipeline *bt_pipeline_sibling(const bt_pipeline *first, char *err, size_t err
     return p;
 }
 
+bt_store *bt_pipeline_store(bt_pipeline *p)
+{
+    return p->store;
+}
+
 json_t *bt_pipeline_breakers(const bt_pipeline *p)
 {
     return bt_connectors_breakers(p->conns);

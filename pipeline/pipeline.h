@@ -34,6 +34,10 @@ void bt_pipeline_free(bt_pipeline *p);
  * when the store cannot be opened. */
 bt_pipeline *bt_pipeline_sibling(const bt_pipeline *first, char *err, size_t errlen);
 
+/* The pipeline's own store handle (borrowed; same thread rules as p), for
+ * front-ends that read more from the store (console tokens, history). */
+bt_store *bt_pipeline_store(bt_pipeline *p);
+
 /* The connectors' circuit breakers (bt_connectors_breakers' array; new).
  * Thread-safe. */
 json_t *bt_pipeline_breakers(const bt_pipeline *p);
