@@ -9,7 +9,11 @@ BATON      := $(BUILD)/bot/baton
 
 PKGS := build-essential cmake pkg-config clang-format git valgrind \
         libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev \
-        libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev
+        libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev \
+        chromium fonts-dejavu-core
+# The browser tests drive Debian's chromium with playwright-core from npm;
+# Node.js and npm come from Debian unless the machine already has them.
+NODE_PKGS := nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build run test test-build format format-check bench clean valgrind
@@ -21,6 +25,7 @@ deps:
 	for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing $(NODE_PKGS)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "baton: installing missing packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

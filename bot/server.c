@@ -15,6 +15,7 @@
  * Counters shared by both sides (metrics) sit under their own mutex.
  */
 #include "bot/server.h"
+#include "bot/console/console.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -42,7 +43,14 @@
 static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 #define NBUCKETS (sizeof latency_buckets / sizeof latency_buckets[0])
 
-enum job_kind { JOB_MESSAGE, JOB_SWEEP };
+#define CARDS_MAX 2000                  /* cards kept for replay */
+#define CARD_KEEP_MS (30LL * 60 * 1000) /* an ended card is replayed this long */
+#define REFRESH_HOT_MS 250              /* running executions: progress */
+#define REFRESH_FULL_MS 5000            /* everything, incl. other processes' decisions */
+#define AUDIT_MAX 500
+#define WATCH_MS 30000 /* after a decision, until the execution shows */
+
+enum job_kind { JOB_MESSAGE, JOB_SWEEP, JOB_REFRESH };
 
 struct job {
     enum job_kind kind;
@@ -59,7 +67,18 @@ struct result {
     json_t *messages; /* array */
     char *user;
     char *role;
+    json_t *cards; /* cards that may have changed (array or NULL) */
+    bool refresh;  /* the answer to a JOB_REFRESH */
     struct result *next;
+};
+
+/* The last known card of an approval (loop thread only). */
+struct card_entry {
+    char *approval_id;
+    json_t *card;
+    char *sig; /* the card's canonical text, to see changes */
+    int64_t seen_ms;
+    int64_t watch_until_ms; /* a decision is being acted on: watch closely */
 };
 
 struct counter {
@@ -107,7 +126,8 @@ struct conn {
     int64_t last_rx_ms;
     struct conn *next;
     /* HTTP */
-    char *http_body;
+    char *http_body;                  /* owned, or NULL when http_static is set */
+    const unsigned char *http_static; /* an embedded console file */
     size_t http_len;
 };
 
@@ -133,6 +153,10 @@ struct bt_server {
     size_t nrates;
     lws_sorted_usec_list_t sweep_sul;
     lws_sorted_usec_list_t tick_sul;
+    struct card_entry *cards;
+    size_t ncards;
+    bool refresh_in_flight;
+    int64_t last_refresh_ms, last_full_refresh_ms;
     volatile sig_atomic_t *stop;
     /* queues */
     pthread_mutex_t mu;
@@ -398,7 +422,7 @@ static json_t *error_msg(struct bt_server *s, const json_t *in_reply_to, const c
 /* Copy the pipeline's response fields into a `reply` (or `plan` when the
  * plan waits for approval). A request answered by running read-only steps
  * is still a `reply`: `result` is kept for what a decision released. */
-static json_t *reply_msg(const json_t *id, json_t *r)
+static json_t *reply_msg(const json_t *id, json_t *r, const json_t *card)
 {
     const char *kind = json_string_value(json_object_get(r, "kind"));
     json_t *msg;
@@ -407,6 +431,8 @@ static json_t *reply_msg(const json_t *id, json_t *r)
                         "plan", json_object_get(r, "plan"), "approval",
                         json_object_get(r, "approval"), "approval_id",
                         json_object_get(r, "approval_id"), "text", json_object_get(r, "text"));
+        if (msg && card)
+            json_object_set(msg, "card", (json_t *)card);
         if (!msg)
             msg = json_pack("{s:s, s:O?}", "type", "plan", "in_reply_to", id);
         return msg;
@@ -428,6 +454,68 @@ static const char *field_str(const json_t *msg, const char *key)
 {
     const char *v = json_string_value(json_object_get(msg, key));
     return v && *v ? v : NULL;
+}
+
+/* The card of approval_id for the result's cards (to every viewer) and,
+ * returned borrowed, as user sees it (for the reply to user). */
+static json_t *result_card(struct bt_server *s, bt_pipeline *p, struct result *res,
+                           const char *approval_id, const char *user)
+{
+    json_t *card = approval_id ? bt_pipeline_card(p, approval_id) : NULL;
+    if (!card)
+        return NULL;
+    if (!res->cards)
+        res->cards = json_array();
+    json_array_append(res->cards, card);
+    json_t *mine = json_deep_copy(card);
+    json_decref(card);
+    if (!bt_pipeline_card_for(mine, user, role_of(s->cfg, user))) {
+        json_decref(mine);
+        return NULL;
+    }
+    return mine;
+}
+
+/* `audit`: a request's audit trail, for its requester, approvers and
+ * admins. */
+static json_t *audit_msg(struct bt_server *s, bt_store *st, const json_t *id, const char *user,
+                         const char *request_id)
+{
+    char err[BT_ERRLEN];
+    json_t *req = NULL, *entries = NULL;
+    enum bt_err e = bt_store_request_get(st, request_id, &req, err, sizeof err);
+    if (e == BT_ENOENT || e == BT_EINVAL)
+        return error_msg(s, id, "not_found", "there is no such request");
+    if (e != BT_OK) {
+        bt_log(BT_LOG_ERROR, "server", request_id, "audit: %s", err);
+        return error_msg(s, id, "internal", "the store failed");
+    }
+    const char *owner = json_string_value(json_object_get(req, "user"));
+    const char *role = role_of(s->cfg, user);
+    bool may = (owner && strcmp(owner, user) == 0) ||
+               (role && (strcmp(role, "approver") == 0 || strcmp(role, "admin") == 0));
+    json_decref(req);
+    if (!may)
+        return error_msg(s, id, "forbidden",
+                         "only the requester, approvers and admins see a request's audit trail");
+    if (bt_store_audit_of(st, request_id, AUDIT_MAX, &entries, err, sizeof err) != BT_OK) {
+        bt_log(BT_LOG_ERROR, "server", request_id, "audit: %s", err);
+        return error_msg(s, id, "internal", "the store failed");
+    }
+    json_t *out = json_array();
+    size_t i;
+    json_t *en;
+    json_array_foreach(entries, i, en)
+    {
+        json_array_append_new(
+            out,
+            json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?}", "seq", json_object_get(en, "seq"), "ts_ms",
+                      json_object_get(en, "ts_ms"), "actor", json_object_get(en, "actor"), "action",
+                      json_object_get(en, "event"), "detail", json_object_get(en, "detail")));
+    }
+    json_decref(entries);
+    return json_pack("{s:s, s:O?, s:s, s:o}", "type", "audit", "in_reply_to", id, "request_id",
+                     request_id, "entries", out);
 }
 
 /* Run one client message on a worker. Returns a result (never NULL). */
@@ -484,7 +572,10 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
             metrics_response(&s->m, r);
             bt_log(BT_LOG_INFO, "server", json_string_value(json_object_get(r, "request_id")),
                    "say from %s: kind %s", j->user, json_string_value(json_object_get(r, "kind")));
-            json_array_append_new(res->messages, reply_msg(id, r));
+            json_t *card = result_card(
+                s, p, res, json_string_value(json_object_get(r, "approval_id")), j->user);
+            json_array_append_new(res->messages, reply_msg(id, r, card));
+            json_decref(card);
             json_decref(r);
         } else {
             json_array_append_new(res->messages,
@@ -509,6 +600,7 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
                                     json_object_get(r, "status"), "text",
                                     json_object_get(r, "text"), "data", r);
             json_array_append_new(res->messages, msg);
+            json_decref(result_card(s, p, res, approval, j->user));
             json_decref(r);
         } else {
             json_array_append_new(res->messages,
@@ -524,6 +616,9 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
             bt_log(BT_LOG_ERROR, "server", NULL, "history: %s", err);
             json_array_append_new(res->messages, error_msg(s, id, "internal", "the store failed"));
         }
+    } else if (strcmp(type, "audit") == 0) {
+        json_array_append_new(res->messages,
+                              audit_msg(s, st, id, j->user, field_str(j->msg, "request_id")));
     } else { /* pending */
         json_t *list = bt_pipeline_pending(p);
         json_array_append_new(res->messages,
@@ -546,9 +641,55 @@ static void job_free(struct job *j)
 static void result_free(struct result *r)
 {
     json_decref(r->messages);
+    json_decref(r->cards);
     free(r->user);
     free(r->role);
     free(r);
+}
+
+/* Rebuild the cards of the approvals named in msg.ids and, when msg.full,
+ * of every approval waiting: progress of running executions, and decisions
+ * made elsewhere (the CLI, another process). */
+static struct result *run_refresh(struct bt_server *s, bt_pipeline *p, const json_t *msg)
+{
+    struct result *res = bt_calloc(1, sizeof *res);
+    res->messages = json_array();
+    res->cards = json_array();
+    res->refresh = true;
+    json_t *ids = json_deep_copy(json_object_get(msg, "ids"));
+    if (!json_is_array(ids)) {
+        json_decref(ids);
+        ids = json_array();
+    }
+    if (json_is_true(json_object_get(msg, "full"))) {
+        json_t *pending = bt_pipeline_pending(p);
+        size_t i;
+        json_t *a;
+        json_array_foreach(pending, i, a)
+        {
+            json_array_append(ids, json_object_get(a, "approval_id"));
+        }
+        pthread_mutex_lock(&s->m.mu);
+        s->m.pending_approvals = (long long)json_array_size(pending);
+        pthread_mutex_unlock(&s->m.mu);
+        json_decref(pending);
+    }
+    json_t *done = json_object();
+    size_t i;
+    json_t *v;
+    json_array_foreach(ids, i, v)
+    {
+        const char *aid = json_string_value(v);
+        if (!aid || json_object_get(done, aid))
+            continue;
+        json_object_set_new(done, aid, json_true());
+        json_t *card = bt_pipeline_card(p, aid);
+        if (card)
+            json_array_append_new(res->cards, card);
+    }
+    json_decref(done);
+    json_decref(ids);
+    return res;
 }
 
 static void *worker_main(void *arg)
@@ -587,6 +728,8 @@ static void *worker_main(void *arg)
             s->m.pending_approvals = (long long)json_array_size(pending);
             pthread_mutex_unlock(&s->m.mu);
             json_decref(pending);
+        } else if (j->kind == JOB_REFRESH) {
+            res = run_refresh(s, p, j->msg);
         } else {
             res = run_message(s, p, st, j);
         }
@@ -657,6 +800,177 @@ static void conn_send(struct conn *c, json_t *msg)
     lws_callback_on_writable(c->wsi);
 }
 
+/* ---- cards (loop thread only) --------------------------------------------
+ * The last known card of every approval someone may still look at, so a
+ * browser that (re)connects gets the current state at once, and so a
+ * change is pushed only when something really changed. */
+
+static bool str_in(const char *v, const char *const *set)
+{
+    for (size_t i = 0; v && set[i]; i++)
+        if (strcmp(v, set[i]) == 0)
+            return true;
+    return false;
+}
+
+/* An execution is moving: its progress is worth watching closely. */
+static bool card_hot(const json_t *card)
+{
+    static const char *const moving[] = {"approved", "queued", "running", NULL};
+    return str_in(json_string_value(json_object_get(json_object_get(card, "execution"), "state")),
+                  moving);
+}
+
+/* Nothing more will happen to it. */
+static bool card_ended(const json_t *card)
+{
+    static const char *const closed[] = {"denied", "cancelled", "expired", NULL};
+    static const char *const over[] = {"completed", "failed",      "cancelled",
+                                       "timed_out", "interrupted", NULL};
+    const char *state = json_string_value(json_object_get(card, "state"));
+    const char *xs =
+        json_string_value(json_object_get(json_object_get(card, "execution"), "state"));
+    return str_in(state, closed) || (state && strcmp(state, "releasing") != 0 &&
+                                     strcmp(state, "pending") != 0 && str_in(xs, over));
+}
+
+static void card_entry_free(struct card_entry *e)
+{
+    free(e->approval_id);
+    json_decref(e->card);
+    free(e->sig);
+}
+
+/* Forget ended cards older than CARD_KEEP_MS. */
+static void cards_prune(struct bt_server *s, int64_t now)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->ncards; i++) {
+        struct card_entry *e = &s->cards[i];
+        if (card_ended(e->card) && now - e->seen_ms > CARD_KEEP_MS)
+            card_entry_free(e);
+        else
+            s->cards[k++] = *e;
+    }
+    s->ncards = k;
+}
+
+/* Record card (borrowed); true when it is new or changed. */
+static bool cards_put(struct bt_server *s, json_t *card)
+{
+    const char *aid = json_string_value(json_object_get(card, "approval_id"));
+    char *sig = aid ? json_dumps(card, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    if (!sig)
+        return false;
+    int64_t now = bt_mono_ms();
+    for (size_t i = 0; i < s->ncards; i++) {
+        struct card_entry *e = &s->cards[i];
+        if (strcmp(e->approval_id, aid) != 0)
+            continue;
+        /* Cards come from several workers: one read before a change must
+         * not undo a newer one. */
+        bool older = json_integer_value(json_object_get(card, "updated_ms")) <
+                     json_integer_value(json_object_get(e->card, "updated_ms"));
+        bool changed = !older && strcmp(e->sig, sig) != 0;
+        if (changed) {
+            free(e->sig);
+            e->sig = sig;
+            json_decref(e->card);
+            e->card = json_incref(card);
+            e->seen_ms = now;
+        } else
+            free(sig);
+        return changed;
+    }
+    if (s->ncards >= CARDS_MAX)
+        cards_prune(s, now);
+    if (s->ncards >= CARDS_MAX) { /* still full: drop the oldest */
+        card_entry_free(&s->cards[0]);
+        memmove(&s->cards[0], &s->cards[1], (s->ncards - 1) * sizeof s->cards[0]);
+        s->ncards--;
+    }
+    if (!s->cards)
+        s->cards = bt_calloc(CARDS_MAX, sizeof *s->cards);
+    s->cards[s->ncards++] = (struct card_entry){bt_strdup(aid), json_incref(card), sig, now, 0};
+    return true;
+}
+
+/* card as user sees it (new), or NULL when user may not see it. */
+static json_t *card_view(const json_t *card, const struct conn *c)
+{
+    json_t *mine = json_deep_copy(card);
+    if (!bt_pipeline_card_for(mine, c->user, c->role)) {
+        json_decref(mine);
+        return NULL;
+    }
+    return mine;
+}
+
+/* Push a changed card to every signed-in connection allowed to see it. */
+static void cards_dispatch(struct bt_server *s, const json_t *card)
+{
+    for (struct conn *c = s->conns; c; c = c->next) {
+        if (!c->is_ws || !c->user)
+            continue;
+        json_t *mine = card_view(card, c);
+        if (mine)
+            conn_send(c, json_pack("{s:s, s:o}", "type", "card", "card", mine));
+    }
+}
+
+/* `state`: every card c may see, oldest first (the replay after a
+ * (re)connect). */
+static void send_state(struct bt_server *s, struct conn *c)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < s->ncards; i++) {
+        json_t *mine = card_view(s->cards[i].card, c);
+        if (mine)
+            json_array_append_new(list, mine);
+    }
+    conn_send(c, json_pack("{s:s, s:o}", "type", "state", "cards", list));
+}
+
+/* A decision on approval_id was handed to a worker: what it releases is
+ * about to run, so its card is watched closely for a while. */
+static void cards_watch(struct bt_server *s, const char *approval_id)
+{
+    for (size_t i = 0; approval_id && i < s->ncards; i++)
+        if (strcmp(s->cards[i].approval_id, approval_id) == 0)
+            s->cards[i].watch_until_ms = bt_mono_ms() + WATCH_MS;
+}
+
+/* Ask a worker for fresh cards: often while an execution moves, now and
+ * then for everything (decisions made by the CLI or another process). */
+static void cards_maybe_refresh(struct bt_server *s, int64_t now)
+{
+    if (s->refresh_in_flight)
+        return;
+    bool full = now - s->last_full_refresh_ms >= REFRESH_FULL_MS;
+    json_t *ids = json_array();
+    for (size_t i = 0; i < s->ncards; i++)
+        if (full ? !card_ended(s->cards[i].card)
+                 : card_hot(s->cards[i].card) || now < s->cards[i].watch_until_ms)
+            json_array_append_new(ids, json_string(s->cards[i].approval_id));
+    if (!full && (json_array_size(ids) == 0 || now - s->last_refresh_ms < REFRESH_HOT_MS)) {
+        json_decref(ids);
+        return;
+    }
+    struct job *j = bt_calloc(1, sizeof *j);
+    j->kind = JOB_REFRESH;
+    j->msg = json_pack("{s:o, s:b}", "ids", ids, "full", full);
+    if (!job_push(s, j)) {
+        job_free(j);
+        return;
+    }
+    s->refresh_in_flight = true;
+    s->last_refresh_ms = now;
+    if (full) {
+        s->last_full_refresh_ms = now;
+        cards_prune(s, now);
+    }
+}
+
 static void drain_results(struct bt_server *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -677,7 +991,20 @@ static void drain_results(struct bt_server *s)
             size_t i;
             json_t *m;
             json_array_foreach(r->messages, i, m) conn_send(c, json_incref(m));
+            if (c->user && c->is_ws && json_array_size(r->messages) > 0 &&
+                strcmp(json_string_value(json_object_get(json_array_get(r->messages, 0), "type")),
+                       "welcome") == 0)
+                send_state(s, c);
         }
+        size_t i;
+        json_t *card;
+        json_array_foreach(r->cards, i, card)
+        {
+            if (cards_put(s, card))
+                cards_dispatch(s, card);
+        }
+        if (r->refresh)
+            s->refresh_in_flight = false;
         result_free(r);
         r = next;
     }
@@ -721,11 +1048,13 @@ static void handle_frame(struct bt_server *s, struct conn *c, const char *data, 
     }
     json_t *id = json_object_get(msg, "id");
     const char *type = json_string_value(json_object_get(msg, "type"));
-    static const char *const types[] = {"hello", "say", "decide", "cancel", "history", "pending"};
+    static const char *const types[] = {"hello",   "say",     "decide", "cancel",
+                                        "history", "pending", "audit"};
     /* Fields each type needs (NULL: none). */
     static const char *const needs[][3] = {
-        {"token", NULL, NULL},    {"text", NULL, NULL}, {"approval", "decision", NULL},
-        {"approval", NULL, NULL}, {NULL, NULL, NULL},   {NULL, NULL, NULL}};
+        {"token", NULL, NULL},     {"text", NULL, NULL}, {"approval", "decision", NULL},
+        {"approval", NULL, NULL},  {NULL, NULL, NULL},   {NULL, NULL, NULL},
+        {"request_id", NULL, NULL}};
     size_t t = 0;
     for (; type && t < sizeof types / sizeof types[0]; t++)
         if (strcmp(type, types[t]) == 0)
@@ -766,6 +1095,8 @@ static void handle_frame(struct bt_server *s, struct conn *c, const char *data, 
             if (!job_push(s, j)) {
                 job_free(j);
                 conn_send(c, error_msg(s, id, "internal", "baton is busy; try again"));
+            } else if (t == 2) {
+                cards_watch(s, field_str(msg, "approval"));
             }
         }
     }
@@ -798,17 +1129,47 @@ static bool origin_ok(struct bt_server *s, struct lws *wsi)
     return false;
 }
 
-static int http_reply(struct lws *wsi, struct conn *c, unsigned int status, const char *ctype,
-                      char *body)
+/* Response headers every page gets: the console loads only its own files
+ * and talks only to its own origin, and no other site may frame it. */
+static int security_headers(struct lws *wsi, uint8_t **p, uint8_t *end)
 {
-    uint8_t buf[LWS_PRE + 512], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
+    static const char *const h[][2] = {
+        {"content-security-policy:",
+         "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"},
+        {"x-content-type-options:", "nosniff"},
+        {"x-frame-options:", "DENY"},
+        {"referrer-policy:", "no-referrer"},
+        {"cache-control:", "no-cache"},
+    };
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++)
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)h[i][0],
+                                        (const unsigned char *)h[i][1], (int)strlen(h[i][1]), p,
+                                        end))
+            return 1;
+    return 0;
+}
+
+/* Answer with body (owned, text) or, when body is NULL, with the embedded
+ * file data/len (static). */
+static int http_send(struct lws *wsi, struct conn *c, unsigned int status, const char *ctype,
+                     char *body, const unsigned char *data, size_t len)
+{
+    uint8_t buf[LWS_PRE + 1024], *start = &buf[LWS_PRE], *p = start, *end = &buf[sizeof buf - 1];
     c->http_body = body;
-    c->http_len = strlen(body);
+    c->http_static = body ? NULL : data;
+    c->http_len = body ? strlen(body) : len;
     if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)c->http_len, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
+        security_headers(wsi, &p, end) || lws_finalize_write_http_header(wsi, start, &p, end))
         return 1;
     lws_callback_on_writable(wsi);
     return 0;
+}
+
+static int http_reply(struct lws *wsi, struct conn *c, unsigned int status, const char *ctype,
+                      char *body)
+{
+    return http_send(wsi, c, status, ctype, body, NULL, 0);
 }
 
 static void conn_unlink(struct bt_server *s, struct conn *c)
@@ -861,15 +1222,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (strcmp(uri, "/metrics") == 0)
             return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain; version=0.0.4",
                               metrics_with_breakers(s));
+        const struct bt_console_asset *a = bt_console_asset(uri);
+        if (a)
+            return http_send(wsi, pss->c, HTTP_STATUS_OK, a->mime, NULL, a->data, a->len);
         return http_reply(wsi, pss->c, HTTP_STATUS_NOT_FOUND, "text/plain",
                           bt_strdup("not found\n"));
     }
     case LWS_CALLBACK_HTTP_WRITEABLE: {
-        if (!pss->c || !pss->c->http_body)
+        if (!pss->c || (!pss->c->http_body && !pss->c->http_static))
             return -1;
         size_t n = pss->c->http_len;
         uint8_t *buf = bt_malloc(LWS_PRE + n + 1);
-        memcpy(buf + LWS_PRE, pss->c->http_body, n);
+        memcpy(buf + LWS_PRE,
+               pss->c->http_body ? (const void *)pss->c->http_body
+                                 : (const void *)pss->c->http_static,
+               n);
         int w = lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_FINAL);
         free(buf);
         if (w < (int)n)
@@ -999,6 +1366,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
             c->last_rx_ms = now; /* once */
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         }
+    cards_maybe_refresh(s, now);
     lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
 }
 
@@ -1163,6 +1531,9 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     free(s->pipelines);
     free(s->threads);
     metrics_free(&s->m);
+    for (size_t i = 0; i < s->ncards; i++)
+        card_entry_free(&s->cards[i]);
+    free(s->cards);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->job_cv);
     pthread_cond_destroy(&s->done_cv);

@@ -762,6 +762,212 @@ json_t *bt_pipeline_pending(bt_pipeline *p)
     return bt_approvals_list_pending(p->approvals);
 }
 
+/* Step output for a card: stdout (or stderr when there is none), at most
+ * CARD_OUTPUT_MAX bytes cut at a character boundary. */
+#define CARD_OUTPUT_MAX 2000
+static json_t *card_output(const json_t *result)
+{
+    const char *o = json_string_value(json_object_get(result, "stdout"));
+    if (!o || !*o)
+        o = json_string_value(json_object_get(result, "stderr"));
+    if (!o || !*o)
+        return json_null();
+    size_t n = strlen(o);
+    if (n <= CARD_OUTPUT_MAX)
+        return json_string(o);
+    n = CARD_OUTPUT_MAX;
+    while (n > 0 && ((unsigned char)o[n] & 0xC0) == 0x80)
+        n--;
+    return json_stringn(o, n);
+}
+
+static json_t *card_steps(const json_t *plan, const json_t *exec)
+{
+    json_t *out = json_array();
+    const json_t *xsteps = json_object_get(exec, "steps");
+    size_t i;
+    json_t *ps;
+    json_array_foreach(json_object_get(plan, "steps"), i, ps)
+    {
+        const json_t *xs = NULL;
+        size_t k;
+        json_t *cand;
+        json_array_foreach(xsteps, k, cand)
+        {
+            if (json_integer_value(json_object_get(cand, "index")) == (json_int_t)i)
+                xs = cand;
+        }
+        const json_t *res = json_object_get(xs, "result");
+        const char *state = json_string_value(json_object_get(xs, "state"));
+        json_array_append_new(
+            out,
+            json_pack("{s:I, s:O?, s:O?, s:O?, s:O?, s:s, s:O?, s:o}", "number", (json_int_t)i + 1,
+                      "tool", json_object_get(ps, "tool"), "target", json_object_get(ps, "target"),
+                      "risk", json_object_get(ps, "risk"), "inputs", json_object_get(ps, "inputs"),
+                      "state", state ? state : "pending", "error", json_object_get(res, "error"),
+                      "output", card_output(res)));
+    }
+    return out;
+}
+
+/* A 0-based index array as 1-based numbers. */
+static json_t *one_based(const json_t *arr)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        json_array_append_new(out, json_integer(json_integer_value(v) + 1));
+    }
+    return out;
+}
+
+static bool execution_ended(const char *state)
+{
+    static const char *const ended[] = {"completed", "failed",      "cancelled",
+                                        "timed_out", "interrupted", NULL};
+    for (size_t i = 0; state && ended[i]; i++)
+        if (strcmp(state, ended[i]) == 0)
+            return true;
+    return false;
+}
+
+json_t *bt_pipeline_card(bt_pipeline *p, const char *approval_id)
+{
+    json_t *ap = approval_id ? bt_approvals_get(p->approvals, approval_id) : NULL;
+    if (!ap)
+        return NULL;
+    char err[256];
+    json_t *stored = NULL, *exec = NULL, *req = NULL;
+    const char *plan_id = json_string_value(json_object_get(ap, "plan_id"));
+    const char *exec_id = json_string_value(json_object_get(ap, "execution_id"));
+    if (!plan_id || bt_store_plan_get(p->store, plan_id, &stored, err, sizeof err) != BT_OK) {
+        bt_log(BT_LOG_WARN, "pipeline", NULL, "card %s: %s", approval_id, err);
+        json_decref(ap);
+        return NULL;
+    }
+    const json_t *plan = json_object_get(stored, "plan");
+    if (exec_id)
+        bt_store_execution_get(p->store, exec_id, &exec, err, sizeof err);
+    const char *rid = json_string_value(json_object_get(stored, "request_id"));
+    if (rid)
+        bt_store_request_get(p->store, rid, &req, err, sizeof err);
+
+    json_t *targets = json_array();
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(plan, "targets"), i, t)
+    {
+        json_array_append(targets, json_object_get(t, "name"));
+    }
+    json_t *approved_by = json_array(), *decisions = json_array();
+    json_array_foreach(json_object_get(ap, "decisions"), i, t)
+    {
+        const char *d = json_string_value(json_object_get(t, "decision"));
+        json_int_t step = json_integer_value(json_object_get(t, "step"));
+        if (d && strcmp(d, "approve") == 0 && step < 0)
+            json_array_append(approved_by, json_object_get(t, "user"));
+        json_array_append_new(decisions, json_pack("{s:O?, s:O?, s:o, s:O?, s:O?}", "user",
+                                                   json_object_get(t, "user"), "decision",
+                                                   json_object_get(t, "decision"), "step",
+                                                   step < 0 ? json_null() : json_integer(step + 1),
+                                                   "via", json_object_get(t, "via"), "ts_ms",
+                                                   json_object_get(t, "ts_ms")));
+    }
+    int level = (int)json_integer_value(json_object_get(ap, "level"));
+    const json_t *next = json_object_get(ap, "next_step");
+    const char *xstate = json_string_value(json_object_get(exec, "state"));
+    json_t *execution = json_null();
+    if (exec) {
+        const json_t *pr = json_object_get(exec, "progress");
+        execution = json_pack("{s:s?, s:O?, s:O?}", "state", xstate, "done",
+                              json_object_get(pr, "done"), "total", json_object_get(pr, "total"));
+    }
+    json_t *result_text = json_null();
+    if (exec && execution_ended(xstate)) {
+        char *txt = bt_answer_results(plan, exec);
+        result_text = json_string(txt && *txt ? txt : xstate);
+        free(txt);
+    }
+    int64_t updated = json_integer_value(json_object_get(exec, "updated_ms"));
+    json_t *dec;
+    json_array_foreach(json_object_get(ap, "decisions"), i, dec)
+    {
+        int64_t ts = json_integer_value(json_object_get(dec, "ts_ms"));
+        if (ts > updated)
+            updated = ts;
+    }
+    if (updated == 0)
+        updated = json_integer_value(json_object_get(ap, "created_ms"));
+
+    json_t *card = json_pack(
+        "{s:s, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:i, s:s?, s:o, s:O?, s:O?, s:I, s:O?, s:O?, "
+        "s:o, s:o, s:O?, s:o, s:o, s:o, s:o, s:o}",
+        "approval_id", approval_id, "request_id", json_object_get(stored, "request_id"),
+        "execution_id", json_object_get(ap, "execution_id"), "requester",
+        json_object_get(ap, "requester"), "request", json_object_get(req, "text"), "summary",
+        json_object_get(plan, "summary"), "risk", json_object_get(plan, "risk"), "level", level,
+        "level_name", bt_answer_level_name(level), "targets", targets, "created_ms",
+        json_object_get(ap, "created_ms"), "expires_ms", json_object_get(ap, "expires_ms"),
+        "updated_ms", (json_int_t)updated, "state", json_object_get(ap, "state"),
+        "approvals_required", json_object_get(ap, "approvals_required"), "approved_by", approved_by,
+        "decisions", decisions, "may_decide", json_object_get(ap, "may_decide"), "next_step",
+        json_is_integer(next) ? json_integer(json_integer_value(next) + 1) : json_null(),
+        "released_steps", one_based(json_object_get(ap, "released_steps")), "steps",
+        card_steps(plan, exec), "execution", execution, "result_text", result_text);
+    if (!card)
+        bt_log(BT_LOG_ERROR, "pipeline", NULL, "card %s could not be built", approval_id);
+    json_decref(ap);
+    json_decref(stored);
+    json_decref(exec);
+    json_decref(req);
+    return card;
+}
+
+static bool in_list(const json_t *arr, const char *user)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        const char *s = json_string_value(v);
+        if (s && strcmp(s, user) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool bt_pipeline_card_for(json_t *card, const char *user, const char *role)
+{
+    if (!card || !user)
+        return false;
+    const char *requester = json_string_value(json_object_get(card, "requester"));
+    const char *state = json_string_value(json_object_get(card, "state"));
+    bool is_requester = requester && strcmp(requester, user) == 0;
+    bool deciding = in_list(json_object_get(card, "may_decide"), user);
+    bool decided = false;
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(card, "decisions"), i, d)
+    {
+        const char *who = json_string_value(json_object_get(d, "user"));
+        decided = decided || (who && strcmp(who, user) == 0);
+    }
+    /* Approvers and admins oversee every approval; others see their own
+     * requests and what they are asked to decide. */
+    bool overseer = role && (strcmp(role, "admin") == 0 || strcmp(role, "approver") == 0);
+    if (!is_requester && !deciding && !decided && !overseer)
+        return false;
+    bool pending = state && strcmp(state, "pending") == 0;
+    bool releasing = state && strcmp(state, "releasing") == 0;
+    json_object_set_new(card, "you",
+                        json_pack("{s:b, s:b, s:b}", "may_decide", deciding && pending,
+                                  "may_release", deciding && releasing, "may_cancel",
+                                  is_requester && pending));
+    return true;
+}
+
 /* Reminders, escalations and expiries reach people as notifications, shown
  * on their next command (or pushed by a front-end). */
 static void notify_event(bt_pipeline *p, const json_t *ev, const char *type, const char *aid)

@@ -88,6 +88,25 @@ json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *
  * approvals/approvals.h for the objects). */
 json_t *bt_pipeline_pending(bt_pipeline *p);
 
+/* Everything a front-end shows about one approval, as a new object (NULL
+ * when there is no such approval or the store failed):
+ *   approval_id, request_id, execution_id, requester, request (the text),
+ *   summary, risk, level, level_name, targets [names], created_ms,
+ *   expires_ms, updated_ms, state (the approval's), approvals_required,
+ *   approved_by [users], decisions [{user, decision, step (1-based or
+ *   null), via, ts_ms}], may_decide [users], next_step (1-based or null),
+ *   released_steps [1-based], steps [{number, tool, target, risk, inputs,
+ *   state, error, output}], execution {state, done, total} or null,
+ *   result_text (once the execution has ended, else null).
+ * Who may do what is per viewer: see bt_pipeline_card_for. */
+json_t *bt_pipeline_card(bt_pipeline *p, const char *approval_id);
+
+/* Adds card.you = {may_decide, may_release, may_cancel} for user (role is
+ * the user's configured role). Returns false when user may not see the card
+ * at all (not the requester, not among those who may decide or decided, and
+ * neither an approver nor an admin: they oversee every approval). */
+bool bt_pipeline_card_for(json_t *card, const char *user, const char *role);
+
 /* Let time pass: expire, remind, escalate (new array of events). */
 json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms);
 

@@ -1294,6 +1294,38 @@ enum bt_err bt_store_audit_append(bt_store *st, const char *request_id, const ch
     return st->ops->audit_append(st->be, request_id, actor, event, detail, err, errlen);
 }
 
+/* bt_store_request_get: see store.h. */
+enum bt_err bt_store_request_get(bt_store *st, const char *request_id, json_t **out, char *err,
+                                 size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !request_id || !out)
+        return bad_args("request_get", err, errlen);
+    *out = NULL;
+    if ((e = check_id(request_id, "request_id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->request_get(st->be, request_id, out, err, errlen);
+}
+
+/* bt_store_audit_of: see store.h. */
+enum bt_err bt_store_audit_of(bt_store *st, const char *request_id, long limit, json_t **out,
+                              char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !request_id || !out)
+        return bad_args("audit_of", err, errlen);
+    *out = NULL;
+    if ((e = check_id(request_id, "request_id", err, errlen)) != BT_OK)
+        return e;
+    if (limit < 1 || limit > 10000) {
+        bt_fmt(err, errlen, "store: audit limit %ld is not 1..10000", limit);
+        return BT_EINVAL;
+    }
+    return st->ops->audit_of(st->be, request_id, limit, out, err, errlen);
+}
+
 /* bt_store_audit_list: see store.h. limit must be 1..100000. */
 enum bt_err bt_store_audit_list(bt_store *st, int64_t since_ms, long limit, json_t **out, char *err,
                                 size_t errlen)

@@ -30,7 +30,7 @@
 typedef struct bt_store bt_store;
 
 /* The schema version this build writes. */
-#define BT_STORE_SCHEMA_VERSION 4
+#define BT_STORE_SCHEMA_VERSION 5
 
 /* Open (creating directories and the file as needed) and migrate.
  * On failure *out is NULL and err says why, naming the location. */
@@ -246,6 +246,10 @@ enum bt_err bt_store_console_token_user(bt_store *st, const char *token_sha256, 
  * new array of {request_id, channel, text, created_ms}. */
 enum bt_err bt_store_requests_of(bt_store *st, const char *user, long limit, json_t **out,
                                  char *err, size_t errlen);
+/* One request: new object {request_id, user, channel, text, created_ms}.
+ * BT_ENOENT if absent. */
+enum bt_err bt_store_request_get(bt_store *st, const char *request_id, json_t **out, char *err,
+                                 size_t errlen);
 
 /* ---- approvals ------------------------------------------------------- */
 
@@ -340,6 +344,10 @@ enum bt_err bt_store_audit_append(bt_store *st, const char *request_id, const ch
  * new array of {seq, ts_ms, request_id, actor, event, detail, prev_hash, hash}. */
 enum bt_err bt_store_audit_list(bt_store *st, int64_t since_ms, long limit, json_t **out, char *err,
                                 size_t errlen);
+/* The entries about one request, oldest first, at most limit (1..10000);
+ * same objects as bt_store_audit_list. */
+enum bt_err bt_store_audit_of(bt_store *st, const char *request_id, long limit, json_t **out,
+                              char *err, size_t errlen);
 /* Check the whole chain; BT_ECORRUPT with the first bad seq in err. */
 enum bt_err bt_store_audit_verify(bt_store *st, long long *entries, char *err, size_t errlen);
 

@@ -190,6 +190,8 @@ struct bt_store__ops {
                                       size_t errlen);
     enum bt_err (*requests_of)(void *be, const char *user, long limit, json_t **out, char *err,
                                size_t errlen);
+    enum bt_err (*request_get)(void *be, const char *request_id, json_t **out, char *err,
+                               size_t errlen);
 
     enum bt_err (*approval_add)(void *be, const char *approval_id, const char *plan_id,
                                 const char *execution_id, int level, const char *requirement_json,
@@ -217,6 +219,8 @@ struct bt_store__ops {
                                 const char *event, const json_t *detail, char *err, size_t errlen);
     enum bt_err (*audit_list)(void *be, int64_t since_ms, long limit, json_t **out, char *err,
                               size_t errlen);
+    enum bt_err (*audit_of)(void *be, const char *request_id, long limit, json_t **out, char *err,
+                            size_t errlen);
     enum bt_err (*audit_verify)(void *be, long long *entries, char *err, size_t errlen);
 };
 

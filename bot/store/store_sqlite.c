@@ -255,6 +255,9 @@ static const char *const migrations[] = {
     " created_ms INTEGER NOT NULL,"
     " last_used_ms INTEGER);"
     "CREATE INDEX requests_user ON requests(user_id, created_ms);",
+
+    /* 5: a request's audit trail, shown in the console's history. */
+    "CREATE INDEX audit_log_request ON audit_log(request_id, seq);",
 };
 
 #define SQ_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -296,6 +299,7 @@ enum sq_stmt {
     S_AUDIT_LAST,
     S_AUDIT_INSERT,
     S_AUDIT_LIST,
+    S_AUDIT_OF,
     S_AUDIT_BATCH,
     S__COUNT
 };
@@ -378,6 +382,8 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_AUDIT_INSERT] = "INSERT INTO audit_log(" SQ_AUDIT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     [S_AUDIT_LIST] = "SELECT " SQ_AUDIT_COLS " FROM audit_log WHERE ts_ms >= ?"
                      " ORDER BY seq LIMIT ?",
+    [S_AUDIT_OF] = "SELECT " SQ_AUDIT_COLS " FROM audit_log WHERE request_id = ?"
+                   " ORDER BY seq LIMIT ?",
     [S_AUDIT_BATCH] = "SELECT " SQ_AUDIT_COLS " FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
 };
 
@@ -1390,6 +1396,7 @@ enum sx_stmt {
     SX_TOKEN_USE,
     SX_TOKEN_GET,
     SX_REQUESTS_OF,
+    SX_REQUEST_GET,
     SX__COUNT
 };
 _Static_assert(SX__COUNT <= SQ_EXEC_STMTS, "struct sq.exec_stmt is big enough");
@@ -1484,6 +1491,8 @@ static const char *const sx_sql[SX__COUNT] = {
     [SX_TOKEN_GET] = "SELECT user_id FROM console_tokens WHERE token_sha256 = ?1",
     [SX_REQUESTS_OF] = "SELECT request_id, channel, text, created_ms FROM requests"
                        " WHERE user_id = ?1 ORDER BY created_ms DESC, rowid DESC LIMIT ?2",
+    [SX_REQUEST_GET] = "SELECT request_id, user_id, channel, text, created_ms FROM requests"
+                       " WHERE request_id = ?1",
 };
 
 static enum bt_err xprep(struct sq *s, enum sx_stmt id, sqlite3_stmt **out, char *err,
@@ -2319,6 +2328,39 @@ static enum bt_err sq_requests_of(void *be, const char *user, long limit, json_t
     return BT_OK;
 }
 
+static enum bt_err sq_request_get(void *be, const char *request_id, json_t **out, char *err,
+                                  size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_REQUEST_GET, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, request_id);
+    bool bad = false;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        json_t *o = json_object();
+        json_object_set_new(o, "request_id", col_str(st, 0, &bad));
+        json_object_set_new(o, "user", col_str(st, 1, &bad));
+        json_object_set_new(o, "channel", col_str(st, 2, &bad));
+        json_object_set_new(o, "text", col_str(st, 3, &bad));
+        json_object_set_new(o, "created_ms", json_integer(sqlite3_column_int64(st, 4)));
+        if (bad) {
+            bt_fmt(err, errlen, "%s: request %.64s is damaged", s->path, request_id);
+            json_decref(o);
+            e = BT_ECORRUPT;
+        } else
+            *out = o;
+    } else if (rc == SQLITE_DONE) {
+        bt_fmt(err, errlen, "no request %.64s", request_id);
+        e = BT_ENOENT;
+    } else
+        e = sq_fail(s, rc, err, errlen, "read request %.64s", request_id);
+    done(st);
+    return e;
+}
+
 /* Both reads in one read transaction, so the steps belong to the same
  * moment as the execution row (WAL readers never block writers). */
 static enum bt_err sq_execution_get(void *be, const char *execution_id, json_t **out, char *err,
@@ -2750,6 +2792,19 @@ static enum bt_err sq_audit_list(void *be, int64_t since_ms, long limit, json_t 
     return collect_rows(s, st, audit_row, "audit log entries", out, err, errlen);
 }
 
+static enum bt_err sq_audit_of(void *be, const char *request_id, long limit, json_t **out,
+                               char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = prep(s, S_AUDIT_OF, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, request_id);
+    sqlite3_bind_int64(st, 2, limit);
+    return collect_rows(s, st, audit_row, "audit log entries", out, err, errlen);
+}
+
 /* Check one row against the chain so far: seq follows on, prev_hash is the
  * previous entry's hash, hash matches the content. Returns false with err
  * naming the first bad seq. */
@@ -2880,6 +2935,7 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .console_token_add = sq_console_token_add,
     .console_token_user = sq_console_token_user,
     .requests_of = sq_requests_of,
+    .request_get = sq_request_get,
     .approval_add = sq_approval_add,
     .approval_get = sq_approval_get,
     .approvals_pending = sq_approvals_pending,
@@ -2890,5 +2946,6 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .setting_ensure = sq_setting_ensure,
     .audit_append = sq_audit_append,
     .audit_list = sq_audit_list,
+    .audit_of = sq_audit_of,
     .audit_verify = sq_audit_verify,
 };

@@ -292,7 +292,25 @@ static char *token_for(const char *user)
     return t;
 }
 
-static struct ws *signed_in(const char *token, const char *user)
+/* The answer to the message with id (cards pushed meanwhile are skipped). */
+static json_t *ws_answer(struct ws *w, const char *id)
+{
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    while (bt_mono_ms() < deadline) {
+        json_t *m = ws_recv(w, (int)(deadline - bt_mono_ms()));
+        if (!m)
+            break;
+        if (strcmp(jstr(m, "in_reply_to"), id) == 0)
+            return m;
+        json_decref(m);
+    }
+    CHECK_MSG(0, "no answer to %s", id);
+    return NULL;
+}
+
+/* Sign in; *state (when not NULL) gets the `state` replay that follows
+ * `welcome`. */
+static struct ws *signed_in_state(const char *token, const char *user, json_t **state)
 {
     struct ws *w = ws_open(NULL);
     CHECK(w != NULL);
@@ -304,7 +322,18 @@ static struct ws *signed_in(const char *token, const char *user)
     json_t *m = ws_expect(w, "welcome");
     CHECK_STR(jstr(m, "user"), user);
     json_decref(m);
+    m = ws_expect(w, "state");
+    CHECK(json_is_array(json_object_get(m, "cards")));
+    if (state)
+        *state = m;
+    else
+        json_decref(m);
     return w;
+}
+
+static struct ws *signed_in(const char *token, const char *user)
+{
+    return signed_in_state(token, user, NULL);
 }
 
 /* ---- tests ------------------------------------------------------------------ */
@@ -418,7 +447,7 @@ static void test_requests_and_approvals(void)
            "{\"type\":\"decide\",\"id\":\"d1\",\"approval\":\"%s\",\"decision\":\"approve\"}",
            approval);
     CHECK(ws_send(b, msg));
-    r = ws_recv(b, WAIT_MS);
+    r = ws_answer(b, "d1");
     CHECK(r != NULL);
     const char *t = jstr(r, "type");
     CHECK_MSG(strcmp(t, "reply") == 0 || strcmp(t, "result") == 0, "decide answered %s", t);
@@ -430,9 +459,8 @@ static void test_requests_and_approvals(void)
      * the protocol carries it as a reply. */
     bt_fmt(msg, sizeof msg, "{\"type\":\"cancel\",\"id\":\"c1\",\"approval\":\"%s\"}", approval);
     CHECK(ws_send(a, msg));
-    r = ws_recv(a, WAIT_MS);
+    r = ws_answer(a, "c1");
     CHECK(r != NULL);
-    CHECK_STR(jstr(r, "in_reply_to"), "c1");
     json_decref(r);
 
     CHECK(ws_send(a, "{\"type\":\"history\",\"id\":\"h1\"}"));
@@ -443,6 +471,160 @@ static void test_requests_and_approvals(void)
     free(approval);
     ws_close(a);
     ws_close(b);
+}
+
+/* The card of approval aid in a state replay, or NULL (borrowed). */
+static json_t *card_in(json_t *state, const char *aid)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(state, "cards"), i, c)
+    {
+        if (strcmp(jstr(c, "approval_id"), aid) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+static bool you(const json_t *card, const char *what)
+{
+    return json_is_true(json_object_get(json_object_get(card, "you"), what));
+}
+
+/* Cards: the plan reply carries one; approvers get it pushed; the approval
+ * and the execution's progress are pushed live to the requester and the
+ * approvers (never to a viewer); a new connection gets the current state
+ * replayed; the audit trail of the request is there for its requester. */
+static void test_cards_live(void)
+{
+    struct ws *a = signed_in(alice_token, "alice");
+    struct ws *b = signed_in(bob_token, "bob");
+    if (!a || !b) {
+        ws_close(a);
+        ws_close(b);
+        return;
+    }
+    CHECK(ws_send(a, "{\"type\":\"say\",\"id\":\"k1\",\"text\":\"restart nginx on localhost\"}"));
+    json_t *r = ws_expect(a, "plan");
+    json_t *card = json_object_get(r, "card");
+    char *aid = bt_strdup(jstr(r, "approval_id"));
+    char *rid = bt_strdup(jstr(card, "request_id"));
+    CHECK_STR(jstr(card, "approval_id"), aid);
+    CHECK_STR(jstr(card, "state"), "pending");
+    CHECK_STR(jstr(card, "level_name"), "confirm");
+    CHECK_STR(jstr(card, "request"), "restart nginx on localhost");
+    CHECK_STR(jstr(card, "requester"), "alice");
+    CHECK(you(card, "may_decide"));
+    CHECK(you(card, "may_cancel"));
+    json_t *step = json_array_get(json_object_get(card, "steps"), 0);
+    CHECK_INT(json_integer_value(json_object_get(step, "number")), 1);
+    CHECK_STR(jstr(step, "target"), "localhost");
+    CHECK_STR(jstr(step, "state"), "pending");
+    json_decref(r);
+
+    /* bob, an approver, is shown the card at once. */
+    r = ws_expect(b, "card");
+    card = json_object_get(r, "card");
+    CHECK_STR(jstr(card, "approval_id"), aid);
+    CHECK(you(card, "may_decide"));
+    CHECK(!you(card, "may_cancel"));
+    json_decref(r);
+
+    /* dave, a viewer, sees nothing of it. */
+    char *dave_token = token_for("dave");
+    json_t *st = NULL;
+    struct ws *d = signed_in_state(dave_token, "dave", &st);
+    CHECK(card_in(st, aid) == NULL);
+    json_decref(st);
+
+    char msg[300];
+    bt_fmt(msg, sizeof msg,
+           "{\"type\":\"decide\",\"id\":\"k2\",\"approval\":\"%s\",\"decision\":\"approve\"}", aid);
+    CHECK(ws_send(a, msg));
+    /* bob watches: the approval, the step running (the tool sleeps 1 s),
+     * then completed with its result. */
+    bool saw_running = false, saw_done = false;
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    while (!saw_done && bt_mono_ms() < deadline) {
+        r = ws_recv(b, (int)(deadline - bt_mono_ms()));
+        if (!r)
+            break;
+        card = json_object_get(r, "card");
+        if (strcmp(jstr(r, "type"), "card") == 0 && strcmp(jstr(card, "approval_id"), aid) == 0) {
+            const json_t *x = json_object_get(card, "execution");
+            const char *s0 = jstr(json_array_get(json_object_get(card, "steps"), 0), "state");
+            if (strcmp(s0, "running") == 0)
+                saw_running = true;
+            if (strcmp(jstr(x, "state"), "completed") == 0) {
+                saw_done = true;
+                CHECK_STR(jstr(card, "state"), "approved");
+                CHECK_INT(json_integer_value(json_object_get(x, "done")), 1);
+                CHECK_INT(json_integer_value(json_object_get(x, "total")), 1);
+                CHECK_STR(s0, "completed");
+                CHECK(*jstr(card, "result_text"));
+                CHECK(!you(card, "may_decide"));
+                CHECK_STR(
+                    json_string_value(json_array_get(json_object_get(card, "approved_by"), 0)),
+                    "alice");
+            }
+        }
+        json_decref(r);
+    }
+    CHECK_MSG(saw_running, "no card showed the step running");
+    CHECK_MSG(saw_done, "no card showed the execution completed");
+    r = ws_answer(a, "k2");
+    CHECK_STR(jstr(r, "type"), "result");
+    json_decref(r);
+
+    /* A new connection (a reconnect) gets the card as it is now. */
+    st = NULL;
+    struct ws *c = signed_in_state(carol_token, "carol", &st);
+    card = card_in(st, aid);
+    CHECK_MSG(card != NULL, "card %s not replayed", aid);
+    CHECK_STR(jstr(json_object_get(card, "execution"), "state"), "completed");
+    json_decref(st);
+
+    /* The audit trail: the requester sees it, a viewer does not. */
+    bt_fmt(msg, sizeof msg, "{\"type\":\"audit\",\"id\":\"k3\",\"request_id\":\"%s\"}", rid);
+    CHECK(ws_send(a, msg));
+    r = ws_answer(a, "k3");
+    CHECK_STR(jstr(r, "type"), "audit");
+    CHECK_STR(jstr(r, "request_id"), rid);
+    json_t *entries = json_object_get(r, "entries");
+    CHECK_MSG(json_array_size(entries) >= 3, "%zu audit entries", json_array_size(entries));
+    bool approved = false;
+    size_t i;
+    json_t *en;
+    json_array_foreach(entries, i, en)
+    {
+        if (strstr(jstr(en, "action"), "approv"))
+            approved = true;
+    }
+    CHECK_MSG(approved, "the audit trail has no approval entry");
+    json_decref(r);
+    if (d) {
+        bt_fmt(msg, sizeof msg, "{\"type\":\"audit\",\"id\":\"k4\",\"request_id\":\"%s\"}", rid);
+        CHECK(ws_send(d, msg));
+        r = ws_answer(d, "k4");
+        CHECK_STR(jstr(r, "code"), "forbidden");
+        json_decref(r);
+    }
+    CHECK(ws_send(a, "{\"type\":\"audit\",\"id\":\"k5\",\"request_id\":\"nope\"}"));
+    r = ws_answer(a, "k5");
+    CHECK_STR(jstr(r, "code"), "not_found");
+    json_decref(r);
+    CHECK(ws_send(a, "{\"type\":\"audit\",\"id\":\"k6\"}"));
+    r = ws_answer(a, "k6");
+    CHECK_STR(jstr(r, "code"), "missing_field");
+    json_decref(r);
+
+    free(aid);
+    free(rid);
+    free(dave_token);
+    ws_close(a);
+    ws_close(b);
+    ws_close(c);
+    ws_close(d);
 }
 
 static void test_protocol_errors(void)
@@ -486,7 +668,8 @@ static void test_rate_limit(void)
     int limited = 0, answered = 0;
     for (int i = 0; i < 61; i++)
         CHECK(ws_send(w, "{\"type\":\"pending\",\"id\":\"r\"}"));
-    for (int i = 0; i < 61; i++) {
+    /* cards pushed meanwhile are not counted */
+    for (int i = 0; i < 61 + 50 && answered + limited < 61; i++) {
         json_t *m = ws_recv(w, WAIT_MS);
         if (!m)
             break;
@@ -571,10 +754,14 @@ static void test_idle_timeout(void)
     if (!w)
         return;
     int64_t t0 = bt_mono_ms();
-    json_t *m = ws_recv(w, 16000);
+    /* Cards the server pushes (approvals waiting from earlier tests) are
+     * not the client speaking: they do not keep the connection open. */
+    json_t *m;
+    while ((m = ws_recv(w, (int)(t0 + 16000 - bt_mono_ms()))) != NULL) {
+        CHECK_STR(jstr(m, "type"), "card");
+        json_decref(m);
+    }
     int64_t waited = bt_mono_ms() - t0;
-    CHECK(m == NULL);
-    json_decref(m);
     CHECK_MSG(waited >= 9000 && waited < 15500, "closed after %lld ms", (long long)waited);
     /* closed, not timed out: a read now sees end of stream at once */
     char c;
@@ -614,13 +801,19 @@ int main(void)
     CHECK_INT(o.code, 7);
     out_free(&o);
 
+    /* The shipped configuration, with restarts that really run on
+     * localhost and take a second. */
+    static const char *const slow_restart[] = {"command: [systemctl, restart, '{service}']",
+                                               "command: [sleep, '1']", NULL, NULL};
+    CHECK(make_config_with(tmp, slow_restart));
     char log[700];
     bt_fmt(log, sizeof log, "%s/serve.log", tmp);
-    bool up = start_server(config, log);
+    bool up = start_server(cfgdir, log);
     if (up) {
         RUN(test_http);
         RUN(test_sign_in);
         RUN(test_requests_and_approvals);
+        RUN(test_cards_live);
         RUN(test_protocol_errors);
         RUN(test_rate_limit);
         RUN(test_origin);
@@ -628,8 +821,6 @@ int main(void)
     }
     stop_server();
     /* A configuration with the shortest idle timeout. */
-    static const char *const no_edits[] = {NULL, NULL};
-    CHECK(make_config_with(tmp, no_edits));
     char path[700];
     bt_fmt(path, sizeof path, "%s/baton.yaml", cfgdir);
     char *yaml = replace(slurp(path), "idle_timeout_s: 300", "idle_timeout_s: 10");

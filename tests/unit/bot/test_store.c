@@ -1118,6 +1118,43 @@ static void test_console_tokens(void)
     CHECK_STR(json_string_value(json_object_get(json_array_get(list, 0), "text")), "two");
     json_decref(list);
     CHECK_INT(bt_store_requests_of(st, "alice", 0, &list, err, sizeof err), BT_EINVAL);
+
+    /* One request, and its audit trail (only its own entries, in order). */
+    json_t *req = NULL;
+    CHECK_INT(bt_store_request_get(st, "33333333333333333333333333333333", &req, err, sizeof err),
+              BT_OK);
+    CHECK_STR(json_string_value(json_object_get(req, "user")), "bob");
+    CHECK_STR(json_string_value(json_object_get(req, "channel")), "cli");
+    CHECK_STR(json_string_value(json_object_get(req, "text")), "three");
+    json_decref(req);
+    req = NULL;
+    CHECK_INT(bt_store_request_get(st, "44444444444444444444444444444444", &req, err, sizeof err),
+              BT_ENOENT);
+    CHECK(req == NULL);
+    CHECK_INT(bt_store_request_get(st, "", &req, err, sizeof err), BT_EINVAL);
+    CHECK_INT(bt_store_request_get(st, "x' OR '1'='1", &req, err, sizeof err), BT_ENOENT);
+    static const char *const events[] = {"request", "plan", "approved"};
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(bt_store_audit_append(st, "11111111111111111111111111111111", "alice", events[i],
+                                        NULL, err, sizeof err),
+                  BT_OK);
+        CHECK_INT(bt_store_audit_append(st, "22222222222222222222222222222222", "alice", "other",
+                                        NULL, err, sizeof err),
+                  BT_OK);
+    }
+    CHECK_INT(
+        bt_store_audit_of(st, "11111111111111111111111111111111", 100, &list, err, sizeof err),
+        BT_OK);
+    CHECK_INT(json_array_size(list), 3);
+    for (size_t i = 0; i < json_array_size(list); i++)
+        CHECK_STR(json_string_value(json_object_get(json_array_get(list, i), "event")), events[i]);
+    json_decref(list);
+    CHECK_INT(bt_store_audit_of(st, "11111111111111111111111111111111", 2, &list, err, sizeof err),
+              BT_OK);
+    CHECK_INT(json_array_size(list), 2);
+    json_decref(list);
+    CHECK_INT(bt_store_audit_of(st, "11111111111111111111111111111111", 0, &list, err, sizeof err),
+              BT_EINVAL);
     bt_store_close(st);
     free(path);
 }
