@@ -40,7 +40,8 @@
 #define METRIC_KEYS_MAX 256
 #define USERS_MAX 1024
 
-static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+static const double latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                         0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 #define NBUCKETS (sizeof latency_buckets / sizeof latency_buckets[0])
 
 #define CARDS_MAX 2000                  /* cards kept for replay */
@@ -86,7 +87,18 @@ struct counter {
     unsigned long long n;
 };
 
+/* Two histogram families: time per console message (by type) and per
+ * pipeline stage (A classify .. E execute). */
+enum hist_family { HIST_MESSAGE, HIST_STAGE };
+static const char *const hist_names[] = {"baton_message_duration_seconds",
+                                         "baton_stage_duration_seconds"};
+static const char *const hist_labels[] = {"type", "stage"};
+static const char *const hist_help[] = {
+    "Time to handle a console message, by message type.",
+    "Time spent in each pipeline stage (A classify, B select, C plan, D answer, E execute)."};
+
 struct histogram {
+    enum hist_family family;
     char *stage;
     unsigned long long bucket[NBUCKETS];
     unsigned long long count;
@@ -101,7 +113,7 @@ struct metrics {
     size_t nexecutions;
     struct counter errors[METRIC_KEYS_MAX];
     size_t nerrors;
-    struct histogram stages[16];
+    struct histogram stages[32];
     size_t nstages;
     long long pending_approvals;
     long long open_connections;
@@ -296,15 +308,17 @@ static void metrics_error(struct metrics *m, const char *code)
     pthread_mutex_unlock(&m->mu);
 }
 
-static void metrics_latency(struct metrics *m, const char *stage, double seconds)
+static void metrics_observe(struct metrics *m, enum hist_family family, const char *stage,
+                            double seconds)
 {
     pthread_mutex_lock(&m->mu);
     struct histogram *h = NULL;
     for (size_t i = 0; i < m->nstages; i++)
-        if (strcmp(m->stages[i].stage, stage) == 0)
+        if (m->stages[i].family == family && strcmp(m->stages[i].stage, stage) == 0)
             h = &m->stages[i];
     if (!h && m->nstages < sizeof m->stages / sizeof m->stages[0]) {
         h = &m->stages[m->nstages++];
+        h->family = family;
         h->stage = bt_strdup(stage);
     }
     if (h) {
@@ -315,6 +329,41 @@ static void metrics_latency(struct metrics *m, const char *stage, double seconds
         h->sum += seconds;
     }
     pthread_mutex_unlock(&m->mu);
+}
+
+static void metrics_latency(struct metrics *m, const char *type, double seconds)
+{
+    metrics_observe(m, HIST_MESSAGE, type, seconds);
+}
+
+/* The pipeline's stage times (r.stage_us: {classify: us, ...}). */
+static void metrics_stages(struct metrics *m, const json_t *r)
+{
+    const char *name;
+    json_t *us;
+    json_object_foreach(json_object_get(r, "stage_us"), name, us)
+    {
+        if (json_is_integer(us))
+            metrics_observe(m, HIST_STAGE, name, (double)json_integer_value(us) / 1e6);
+    }
+}
+
+static void put_histograms(bt_buf *b, const struct metrics *m, enum hist_family f)
+{
+    const char *n = hist_names[f], *l = hist_labels[f];
+    bt_buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", n, hist_help[f], n);
+    for (size_t i = 0; i < m->nstages; i++) {
+        const struct histogram *h = &m->stages[i];
+        if (h->family != f)
+            continue;
+        for (size_t k = 0; k < NBUCKETS; k++)
+            bt_buf_printf(b, "%s_bucket{%s=\"%s\",le=\"%g\"} %llu\n", n, l, h->stage,
+                          latency_buckets[k], h->bucket[k]);
+        bt_buf_printf(b,
+                      "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n%s_sum{%s=\"%s\"} %.6f\n"
+                      "%s_count{%s=\"%s\"} %llu\n",
+                      n, l, h->stage, h->count, n, l, h->stage, h->sum, n, l, h->stage, h->count);
+    }
 }
 
 static void put_counters(bt_buf *b, const char *name, const char *help, const struct counter *set,
@@ -373,19 +422,8 @@ static char *metrics_text(struct metrics *m, const json_t *breakers)
                  m->executions, m->nexecutions);
     put_counters(&b, "baton_protocol_errors_total", "Protocol errors sent, by code.", m->errors,
                  m->nerrors);
-    bt_buf_printf(&b, "# HELP baton_stage_duration_seconds Time to handle a console message, by "
-                      "stage.\n# TYPE baton_stage_duration_seconds histogram\n");
-    for (size_t i = 0; i < m->nstages; i++) {
-        const struct histogram *h = &m->stages[i];
-        for (size_t k = 0; k < NBUCKETS; k++)
-            bt_buf_printf(&b, "baton_stage_duration_seconds_bucket{stage=\"%s\",le=\"%g\"} %llu\n",
-                          h->stage, latency_buckets[k], h->bucket[k]);
-        bt_buf_printf(&b,
-                      "baton_stage_duration_seconds_bucket{stage=\"%s\",le=\"+Inf\"} %llu\n"
-                      "baton_stage_duration_seconds_sum{stage=\"%s\"} %.6f\n"
-                      "baton_stage_duration_seconds_count{stage=\"%s\"} %llu\n",
-                      h->stage, h->count, h->stage, h->sum, h->stage, h->count);
-    }
+    put_histograms(&b, m, HIST_MESSAGE);
+    put_histograms(&b, m, HIST_STAGE);
     bt_buf_printf(&b,
                   "# HELP baton_pending_approvals Approvals waiting for a decision.\n"
                   "# TYPE baton_pending_approvals gauge\nbaton_pending_approvals %lld\n"
@@ -570,6 +608,7 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
                                                                     : "console");
         if (r) {
             metrics_response(&s->m, r);
+            metrics_stages(&s->m, r);
             bt_log(BT_LOG_INFO, "server", json_string_value(json_object_get(r, "request_id")),
                    "say from %s: kind %s", j->user, json_string_value(json_object_get(r, "kind")));
             json_t *card = result_card(

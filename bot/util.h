@@ -78,6 +78,8 @@ void bt_buf_free(bt_buf *b);
 
 /* Clocks in milliseconds: monotonic for deadlines, wall for records. */
 int64_t bt_mono_ms(void);
+/* Monotonic microseconds, for timing stages. */
+int64_t bt_mono_us(void);
 int64_t bt_wall_ms(void);
 /* ISO 8601 UTC time ("2026-11-23T16:48:06.123Z") into out (>= 25 bytes). */
 void bt_iso8601(int64_t wall_ms, char *out, size_t outlen);

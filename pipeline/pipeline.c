@@ -323,9 +323,23 @@ static void set_text(json_t *r, const char *kind, char *text)
 
 /* Stages A-D. On return r holds everything explain reports; *plan_out
  * (borrowed from r) is the plan when one was built. */
+/* Time since *t in r.stage_us[stage]; *t becomes now. */
+static void stage_done(json_t *r, const char *stage, int64_t *t)
+{
+    int64_t now = bt_mono_us();
+    json_t *us = json_object_get(r, "stage_us");
+    if (!us) {
+        us = json_object();
+        json_object_set_new(r, "stage_us", us);
+    }
+    json_object_set_new(us, stage, json_integer(now - *t));
+    *t = now;
+}
+
 static json_t *stages_a_to_d(bt_pipeline *p, const char *text, const char *user,
                              const char *request_id)
 {
+    int64_t t = bt_mono_us();
     /* jansson refuses strings that are not UTF-8; the request is echoed as a
      * marker then, and stage A refuses it with a clear message. */
     const char *shown = text && bt_utf8_valid(text, strlen(text)) ? text : "(not valid UTF-8)";
@@ -337,6 +351,7 @@ static json_t *stages_a_to_d(bt_pipeline *p, const char *text, const char *user,
     json_object_set_new(r, "plan", json_null());
     char err[BT_ERRLEN];
     json_t *decision = bt_intents_classify(p->intents, text ? text : "", err, sizeof err);
+    stage_done(r, "classify", &t);
     if (!decision) {
         json_object_set_new(r, "category", json_string("unknown"));
         json_object_set_new(r, "intent", json_string("unknown"));
@@ -377,11 +392,13 @@ static json_t *stages_a_to_d(bt_pipeline *p, const char *text, const char *user,
     }
 
     json_t *targets = select_targets(p, intent, decision);
+    stage_done(r, "select", &t);
     json_t *plan = NULL, *question = NULL;
     enum bt_plan_outcome oc =
         bt_plan_build(p->tools, intent, decision, targets, &plan, &question, err, sizeof err);
     json_decref(targets);
     json_decref(decision);
+    stage_done(r, "plan", &t);
     switch (oc) {
     case BT_PLAN_NONE:
         set_text(r, "answer", bt_answer_help(intent));
@@ -419,6 +436,7 @@ static json_t *stages_a_to_d(bt_pipeline *p, const char *text, const char *user,
         set_text(r, "answer", bt_strdup(json_string_value(json_object_get(plan, "summary"))));
     else
         set_text(r, "approval", bt_answer_approval(plan, approval, NULL));
+    stage_done(r, "answer", &t);
     return r;
 }
 
@@ -582,10 +600,12 @@ json_t *bt_pipeline_handle(bt_pipeline *p, const char *text, const char *user, c
     const char *kind = json_string_value(json_object_get(r, "kind"));
     if (!kind)
         kind = "error";
+    int64_t t = bt_mono_us();
     if (json_is_object(json_object_get(r, "plan")) &&
-        (strcmp(kind, "answer") == 0 || strcmp(kind, "approval") == 0))
+        (strcmp(kind, "answer") == 0 || strcmp(kind, "approval") == 0)) {
         store_and_act(p, r, rid, actor);
-    else if (strcmp(kind, "error") == 0 && json_is_object(json_object_get(r, "plan")))
+        stage_done(r, "execute", &t);
+    } else if (strcmp(kind, "error") == 0 && json_is_object(json_object_get(r, "plan")))
         audit(p, rid, actor, "request_refused",
               json_pack("{s:O}", "reason", json_object_get(r, "text")));
     if (end_batch(p, err, sizeof err) != BT_OK) {

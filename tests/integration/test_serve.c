@@ -347,8 +347,10 @@ static void test_http(void)
     free(body);
     CHECK_INT(http_get("/metrics", &body), 200);
     static const char *const names[] = {
-        "baton_requests_total",         "baton_executions_total",  "baton_protocol_errors_total",
-        "baton_stage_duration_seconds", "baton_pending_approvals", "baton_open_connections"};
+        "baton_requests_total",         "baton_executions_total",
+        "baton_protocol_errors_total",  "baton_message_duration_seconds",
+        "baton_stage_duration_seconds", "baton_pending_approvals",
+        "baton_open_connections"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         CHECK_MSG(body && strstr(body, names[i]), "metrics lack %s", names[i]);
     /* one breaker per connector for the whole process, all closed */
@@ -361,6 +363,41 @@ static void test_http(void)
     CHECK(body && strstr(body, "baton_connector_circuit_opened_total{connector=\"local\"} 0"));
     free(body);
     CHECK_INT(http_get("/nothing-here", &body), 404);
+    free(body);
+    /* The console: its files come from the binary, nothing else does. */
+    CHECK_INT(http_get("/", &body), 200);
+    CHECK(body && strstr(body, "<html"));
+    free(body);
+    CHECK_INT(http_get("/console.js", &body), 200);
+    free(body);
+    static const char *const outside[] = {"/../CMakeLists.txt", "/console.h",
+                                          "/embed.cmake",       "/index.html/../../bot/server.c",
+                                          "/%2e%2e/Makefile",   "//etc/passwd"};
+    for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++) {
+        int status = http_get(outside[i], &body);
+        CHECK_MSG(status >= 400 && status < 500, "%s: status %d", outside[i], status);
+        CHECK_MSG(body && !strstr(body, "cmake") && !strstr(body, "root:"), "%s served: %.80s",
+                  outside[i], body ? body : "");
+        free(body);
+    }
+}
+
+/* After requests: each pipeline stage and message type has a histogram. */
+static void test_stage_metrics(void)
+{
+    char *body;
+    CHECK_INT(http_get("/metrics", &body), 200);
+    static const char *const series[] = {
+        "baton_stage_duration_seconds_count{stage=\"classify\"}",
+        "baton_stage_duration_seconds_count{stage=\"select\"}",
+        "baton_stage_duration_seconds_count{stage=\"plan\"}",
+        "baton_stage_duration_seconds_count{stage=\"answer\"}",
+        "baton_stage_duration_seconds_count{stage=\"execute\"}",
+        "baton_message_duration_seconds_count{type=\"say\"}",
+        "baton_message_duration_seconds_count{type=\"decide\"}",
+        "baton_stage_duration_seconds_bucket{stage=\"classify\",le=\"0.0001\"}"};
+    for (size_t i = 0; i < sizeof series / sizeof series[0]; i++)
+        CHECK_MSG(body && strstr(body, series[i]), "metrics lack %s", series[i]);
     free(body);
 }
 
@@ -814,6 +851,7 @@ int main(void)
         RUN(test_sign_in);
         RUN(test_requests_and_approvals);
         RUN(test_cards_live);
+        RUN(test_stage_metrics);
         RUN(test_protocol_errors);
         RUN(test_rate_limit);
         RUN(test_origin);
