@@ -484,6 +484,8 @@ sq_fail(struct sq *s, int rc, char *err, size_t errlen, const char *fmt, ...)
     else if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         bt_fmt(err, errlen, "%s: %s: it refers to something that is not recorded (%s)", s->path,
                what, msg);
+    else if (prim == SQLITE_IOERR)
+        bt_fmt(err, errlen, "%s: %s: %s (SQLite code %d)", s->path, what, msg, rc);
     else
         bt_fmt(err, errlen, "%s: %s: %s", s->path, what, msg);
     return sq_code(rc);
@@ -684,12 +686,24 @@ static enum bt_err make_file(const char *path, char *err, size_t errlen)
         *q = '/';
     }
     free(p);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (fd < 0) {
+    /* Only a file that does not exist yet is touched here: closing any
+     * descriptor of a database file drops every POSIX lock this process
+     * holds on it, including those of the store's other open connections
+     * (the threads of `baton serve`). A new file cannot be open anywhere. */
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISREG(sb.st_mode))
+            return BT_OK;
+        bt_fmt(err, errlen, "%s: is not a regular file", path);
+        return BT_EIO;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0 && errno != EEXIST) {
         bt_fmt(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
         return BT_EIO;
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return BT_OK;
 }
 
