@@ -571,6 +571,15 @@ static void on_stop_signal(int sig)
     stop_requested = 1;
 }
 
+/* Set by SIGHUP: `baton serve` reloads its configuration. */
+static volatile sig_atomic_t reload_requested;
+
+static void on_reload_signal(int sig)
+{
+    (void)sig;
+    reload_requested = 1;
+}
+
 static int cmd_worker(struct options *o, int argc, char **argv, int i)
 {
     bool once = false;
@@ -658,8 +667,13 @@ static int cmd_serve(struct options *o, int argc, char **argv, int i)
     bt_diag_free(d);
     free(dir);
     catch_stop_signals();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, NULL);
     char err[BT_ERRLEN] = "";
-    enum bt_err e = bt_server_run(cfg, listen, o->store, &stop_requested, err, sizeof err);
+    enum bt_err e =
+        bt_server_run(cfg, listen, o->store, &stop_requested, &reload_requested, err, sizeof err);
     bt_config_free(cfg);
     if (e != BT_OK) {
         fprintf(stderr, "baton serve: %s\n", err);

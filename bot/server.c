@@ -51,7 +51,22 @@ static const double latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
 #define AUDIT_MAX 500
 #define WATCH_MS 30000 /* after a decision, until the execution shows */
 
-enum job_kind { JOB_MESSAGE, JOB_SWEEP, JOB_REFRESH };
+#define GEN_RETIRED_MAX 8 /* reloads in flight before another is refused */
+
+enum job_kind { JOB_MESSAGE, JOB_SWEEP, JOB_REFRESH, JOB_RELOAD };
+
+/* One configuration generation: the configuration and one pipeline per
+ * thread slot built from it. SIGHUP builds a new one; a thread picks up the
+ * current generation for each job, and a replaced generation is freed when
+ * its last job ends. */
+struct gen {
+    bt_config *cfg;
+    bool own_cfg; /* the first one is the caller's */
+    bt_pipeline **p;
+    int nslots;
+    int users; /* jobs running on it (under bt_server.mu) */
+    unsigned long long number;
+};
 
 struct job {
     enum job_kind kind;
@@ -117,6 +132,8 @@ struct metrics {
     size_t nstages;
     long long pending_approvals;
     long long open_connections;
+    unsigned long long reloads_ok, reloads_failed;
+    unsigned long long generation;
 };
 
 struct rate {
@@ -148,7 +165,6 @@ struct pss {
 };
 
 struct bt_server {
-    const bt_config *cfg;
     /* settings */
     char host[256];
     int port;
@@ -179,9 +195,17 @@ struct bt_server {
     struct result *results_head, *results_tail;
     bool stopping;
     int workers_alive;
-    /* workers */
+    /* workers (then job runners): one pipeline slot each in every
+     * configuration generation */
     pthread_t *threads;
-    bt_pipeline **pipelines;
+    int nslots;
+    long long nrunners;
+    pthread_cond_t runner_cv;
+    const char *store_override;
+    volatile sig_atomic_t *reload;
+    struct gen *gen;                      /* current, under mu */
+    struct gen *retired[GEN_RETIRED_MAX]; /* replaced, still in use */
+    size_t nretired;
     struct metrics m;
 };
 
@@ -217,9 +241,9 @@ bool bt_server_check_config(const bt_config *cfg, bt_diag *d)
         bt_diag_at(d, doc, srv, "server", "must be a mapping, not %s", bt_conf_type_name(srv));
         return false;
     }
-    static const char *const keys[] = {"listen",     "allowed_origins", "max_frame_bytes",
-                                       "rate_limit", "idle_timeout_s",  "workers",
-                                       NULL};
+    static const char *const keys[] = {
+        "listen",         "allowed_origins", "max_frame_bytes", "rate_limit",
+        "idle_timeout_s", "workers",         "job_runners",     NULL};
     bt_check_keys(d, doc, srv, keys);
     const char *listen = bt_check_string(d, doc, srv, "listen", false);
     char host[256];
@@ -240,6 +264,7 @@ bool bt_server_check_config(const bt_config *cfg, bt_diag *d)
     bt_check_int(d, doc, srv, "rate_limit", false, 1, 10000, &v);
     bt_check_int(d, doc, srv, "idle_timeout_s", false, 10, 86400, &v);
     bt_check_int(d, doc, srv, "workers", false, 1, 64, &v);
+    bt_check_int(d, doc, srv, "job_runners", false, 0, 16, &v);
     return bt_diag_count(d) == before;
 }
 
@@ -430,6 +455,14 @@ static char *metrics_text(struct metrics *m, const json_t *breakers)
                   "# HELP baton_open_connections Open console WebSocket connections.\n"
                   "# TYPE baton_open_connections gauge\nbaton_open_connections %lld\n",
                   m->pending_approvals, m->open_connections);
+    bt_buf_printf(&b,
+                  "# HELP baton_config_reloads_total Configuration reloads (SIGHUP), by "
+                  "result.\n# TYPE baton_config_reloads_total counter\n"
+                  "baton_config_reloads_total{result=\"ok\"} %llu\n"
+                  "baton_config_reloads_total{result=\"failed\"} %llu\n"
+                  "# HELP baton_config_generation Configuration in use (1 at start, +1 per "
+                  "reload).\n# TYPE baton_config_generation gauge\nbaton_config_generation %llu\n",
+                  m->reloads_ok, m->reloads_failed, m->generation);
     pthread_mutex_unlock(&m->mu);
     return bt_buf_steal(&b);
 }
@@ -496,7 +529,7 @@ static const char *field_str(const json_t *msg, const char *key)
 
 /* The card of approval_id for the result's cards (to every viewer) and,
  * returned borrowed, as user sees it (for the reply to user). */
-static json_t *result_card(struct bt_server *s, bt_pipeline *p, struct result *res,
+static json_t *result_card(const bt_config *cfg, bt_pipeline *p, struct result *res,
                            const char *approval_id, const char *user)
 {
     json_t *card = approval_id ? bt_pipeline_card(p, approval_id) : NULL;
@@ -507,7 +540,7 @@ static json_t *result_card(struct bt_server *s, bt_pipeline *p, struct result *r
     json_array_append(res->cards, card);
     json_t *mine = json_deep_copy(card);
     json_decref(card);
-    if (!bt_pipeline_card_for(mine, user, role_of(s->cfg, user))) {
+    if (!bt_pipeline_card_for(mine, user, role_of(cfg, user))) {
         json_decref(mine);
         return NULL;
     }
@@ -516,8 +549,8 @@ static json_t *result_card(struct bt_server *s, bt_pipeline *p, struct result *r
 
 /* `audit`: a request's audit trail, for its requester, approvers and
  * admins. */
-static json_t *audit_msg(struct bt_server *s, bt_store *st, const json_t *id, const char *user,
-                         const char *request_id)
+static json_t *audit_msg(struct bt_server *s, const bt_config *cfg, bt_store *st, const json_t *id,
+                         const char *user, const char *request_id)
 {
     char err[BT_ERRLEN];
     json_t *req = NULL, *entries = NULL;
@@ -529,7 +562,7 @@ static json_t *audit_msg(struct bt_server *s, bt_store *st, const json_t *id, co
         return error_msg(s, id, "internal", "the store failed");
     }
     const char *owner = json_string_value(json_object_get(req, "user"));
-    const char *role = role_of(s->cfg, user);
+    const char *role = role_of(cfg, user);
     bool may = (owner && strcmp(owner, user) == 0) ||
                (role && (strcmp(role, "approver") == 0 || strcmp(role, "admin") == 0));
     json_decref(req);
@@ -557,9 +590,10 @@ static json_t *audit_msg(struct bt_server *s, bt_store *st, const json_t *id, co
 }
 
 /* Run one client message on a worker. Returns a result (never NULL). */
-static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store *st,
+static struct result *run_message(struct bt_server *s, const bt_config *cfg, bt_pipeline *p,
                                   const struct job *j)
 {
+    bt_store *st = bt_pipeline_store(p);
     struct result *res = bt_calloc(1, sizeof *res);
     res->conn_id = j->conn_id;
     res->messages = json_array();
@@ -573,7 +607,7 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
         char *user = NULL;
         bt_sha256_hex(token, strlen(token), hash);
         enum bt_err e = bt_store_console_token_user(st, hash, &user, err, sizeof err);
-        const char *role = e == BT_OK ? role_of(s->cfg, user) : NULL;
+        const char *role = e == BT_OK ? role_of(cfg, user) : NULL;
         if (e == BT_OK && role) {
             json_array_append_new(res->messages,
                                   json_pack("{s:s, s:O?, s:s, s:s}", "type", "welcome",
@@ -612,7 +646,7 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
             bt_log(BT_LOG_INFO, "server", json_string_value(json_object_get(r, "request_id")),
                    "say from %s: kind %s", j->user, json_string_value(json_object_get(r, "kind")));
             json_t *card = result_card(
-                s, p, res, json_string_value(json_object_get(r, "approval_id")), j->user);
+                cfg, p, res, json_string_value(json_object_get(r, "approval_id")), j->user);
             json_array_append_new(res->messages, reply_msg(id, r, card));
             json_decref(card);
             json_decref(r);
@@ -639,7 +673,13 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
                                     json_object_get(r, "status"), "text",
                                     json_object_get(r, "text"), "data", r);
             json_array_append_new(res->messages, msg);
-            json_decref(result_card(s, p, res, approval, j->user));
+            json_decref(result_card(cfg, p, res, approval, j->user));
+            if (json_object_get(r, "execution")) {
+                /* It may have queued a background job for the runners. */
+                pthread_mutex_lock(&s->mu);
+                pthread_cond_broadcast(&s->runner_cv);
+                pthread_mutex_unlock(&s->mu);
+            }
             json_decref(r);
         } else {
             json_array_append_new(res->messages,
@@ -657,7 +697,7 @@ static struct result *run_message(struct bt_server *s, bt_pipeline *p, bt_store 
         }
     } else if (strcmp(type, "audit") == 0) {
         json_array_append_new(res->messages,
-                              audit_msg(s, st, id, j->user, field_str(j->msg, "request_id")));
+                              audit_msg(s, cfg, st, id, j->user, field_str(j->msg, "request_id")));
     } else { /* pending */
         json_t *list = bt_pipeline_pending(p);
         json_array_append_new(res->messages,
@@ -731,12 +771,158 @@ static struct result *run_refresh(struct bt_server *s, bt_pipeline *p, const jso
     return res;
 }
 
+/* ---- configuration generations ------------------------------------------ */
+
+static void gen_free(struct gen *g)
+{
+    if (!g)
+        return;
+    /* Siblings first: they borrow from the first pipeline. */
+    for (int i = g->nslots; i-- > 0;)
+        bt_pipeline_free(g->p[i]);
+    free(g->p);
+    if (g->own_cfg)
+        bt_config_free(g->cfg);
+    free(g);
+}
+
+/* A generation from cfg (own: freed with it), one pipeline per slot. NULL
+ * with the problems in d when anything cannot be built. */
+static struct gen *gen_build(struct bt_server *s, bt_config *cfg, bool own, bt_diag *d)
+{
+    struct gen *g = bt_calloc(1, sizeof *g);
+    g->cfg = cfg;
+    g->own_cfg = own;
+    g->nslots = s->nslots;
+    g->p = bt_calloc((size_t)g->nslots, sizeof *g->p);
+    char err[BT_ERRLEN];
+    for (int i = 0; i < g->nslots; i++) {
+        /* The first pipeline compiles everything; the others share its
+         * read-only parts and its connectors (one circuit breaker per
+         * connector per process) and have their own store handles. */
+        if (i == 0)
+            g->p[i] = bt_pipeline_new(cfg, s->store_override, d);
+        else if (!(g->p[i] = bt_pipeline_sibling(g->p[0], err, sizeof err)))
+            bt_diag_add(d, NULL, 0, NULL, "%s", err);
+        if (!g->p[i]) {
+            if (bt_diag_count(d) == 0)
+                bt_diag_add(d, NULL, 0, NULL, "cannot build a pipeline");
+            g->own_cfg = false; /* the caller keeps cfg on failure */
+            gen_free(g);
+            return NULL;
+        }
+    }
+    return g;
+}
+
+/* The current generation, held until gen_release. */
+static struct gen *gen_acquire(struct bt_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct gen *g = s->gen;
+    g->users++;
+    pthread_mutex_unlock(&s->mu);
+    return g;
+}
+
+static void gen_release(struct bt_server *s, struct gen *g)
+{
+    bool last = false;
+    pthread_mutex_lock(&s->mu);
+    g->users--;
+    if (g != s->gen && g->users == 0) {
+        for (size_t i = 0; i < s->nretired; i++)
+            if (s->retired[i] == g) {
+                s->retired[i] = s->retired[--s->nretired];
+                last = true;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (last)
+        gen_free(g);
+}
+
+/* SIGHUP: read the configuration directory again and, when every part of
+ * it checks, switch to it; jobs already running finish on the old one.
+ * Connections stay open. A bad file keeps the old configuration, and the
+ * log says why. */
+static void run_reload(struct bt_server *s, const struct gen *now)
+{
+    bt_diag *d = bt_diag_new();
+    bt_config *cfg = bt_config_load(bt_config_dir(now->cfg), d);
+    if (cfg)
+        bt_server_check_config(cfg, d);
+    struct gen *g = cfg && bt_diag_count(d) == 0 ? gen_build(s, cfg, true, d) : NULL;
+    bool full = false;
+    if (g) {
+        pthread_mutex_lock(&s->mu);
+        full = s->nretired == GEN_RETIRED_MAX;
+        if (!full) {
+            g->number = s->gen->number + 1;
+            s->retired[s->nretired++] = s->gen;
+            s->gen->users++; /* released below, so an idle old one is freed */
+            struct gen *old = s->gen;
+            s->gen = g;
+            pthread_mutex_unlock(&s->mu);
+            gen_release(s, old);
+        } else {
+            pthread_mutex_unlock(&s->mu);
+            bt_diag_add(d, NULL, 0, NULL, "too many reloads still in use; try again");
+            gen_free(g);
+            g = NULL;
+        }
+    } else {
+        bt_config_free(cfg);
+    }
+    pthread_mutex_lock(&s->m.mu);
+    if (g) {
+        s->m.reloads_ok++;
+        s->m.generation = g->number;
+    } else {
+        s->m.reloads_failed++;
+    }
+    pthread_mutex_unlock(&s->m.mu);
+    if (g) {
+        bt_log(BT_LOG_INFO, "server", NULL,
+               "configuration reloaded from %s (generation %llu); server settings such as "
+               "listen and workers apply at the next start",
+               bt_config_dir(g->cfg), g->number);
+    } else {
+        for (size_t i = 0; i < bt_diag_count(d); i++)
+            bt_log(BT_LOG_ERROR, "server", NULL,
+                   "reload refused, keeping the configuration in "
+                   "use: %s",
+                   bt_diag_get(d, i));
+    }
+    bt_diag_free(d);
+}
+
+static void result_push(struct bt_server *s, struct result *res)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->results_tail)
+        s->results_tail->next = res;
+    else
+        s->results_head = res;
+    s->results_tail = res;
+    pthread_mutex_unlock(&s->mu);
+    lws_cancel_service(s->ctx);
+}
+
+static void thread_done(struct bt_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->workers_alive--;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker_arg *wa = arg;
     struct bt_server *s = wa->s;
-    bt_pipeline *p = s->pipelines[wa->index];
-    bt_store *st = bt_pipeline_store(p);
+    int slot = wa->index;
     free(wa);
     for (;;) {
         pthread_mutex_lock(&s->mu);
@@ -758,6 +944,8 @@ static void *worker_main(void *arg)
         s->njobs--;
         pthread_mutex_unlock(&s->mu);
 
+        struct gen *g = gen_acquire(s);
+        bt_pipeline *p = g->p[slot];
         struct result *res = NULL;
         if (j->kind == JOB_SWEEP) {
             json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
@@ -769,25 +957,53 @@ static void *worker_main(void *arg)
             json_decref(pending);
         } else if (j->kind == JOB_REFRESH) {
             res = run_refresh(s, p, j->msg);
+        } else if (j->kind == JOB_RELOAD) {
+            run_reload(s, g);
         } else {
-            res = run_message(s, p, st, j);
+            res = run_message(s, g->cfg, p, j);
         }
+        gen_release(s, g);
         job_free(j);
-        if (res) {
-            pthread_mutex_lock(&s->mu);
-            if (s->results_tail)
-                s->results_tail->next = res;
-            else
-                s->results_head = res;
-            s->results_tail = res;
-            pthread_mutex_unlock(&s->mu);
-            lws_cancel_service(s->ctx);
-        }
+        if (res)
+            result_push(s, res);
     }
-    pthread_mutex_lock(&s->mu);
-    s->workers_alive--;
-    pthread_cond_broadcast(&s->done_cv);
-    pthread_mutex_unlock(&s->mu);
+    thread_done(s);
+    return NULL;
+}
+
+/* A job runner: runs the background executions (plans estimated longer
+ * than execution.background_after_s) from the store's job queue, so
+ * `baton serve` alone runs everything; `baton worker` processes can share
+ * the queue. */
+static void *runner_main(void *arg)
+{
+    struct worker_arg *wa = arg;
+    struct bt_server *s = wa->s;
+    int slot = wa->index;
+    free(wa);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        bool stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        struct gen *g = gen_acquire(s);
+        int did = bt_pipeline_worker_once(g->p[slot]);
+        gen_release(s, g);
+        if (did)
+            continue;
+        /* Nothing queued: wait for a decision that may queue one, at most
+         * a second (jobs queued by other processes, stop). */
+        pthread_mutex_lock(&s->mu);
+        if (!s->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&s->runner_cv, &s->mu, &ts);
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    thread_done(s);
     return NULL;
 }
 
@@ -1234,8 +1450,9 @@ static void conn_free(struct conn *c)
  * workers share (a quick read under the breakers' own lock). */
 static char *metrics_with_breakers(struct bt_server *s)
 {
-    json_t *breakers =
-        s->nworkers > 0 && s->pipelines[0] ? bt_pipeline_breakers(s->pipelines[0]) : json_array();
+    struct gen *g = gen_acquire(s);
+    json_t *breakers = bt_pipeline_breakers(g->p[0]);
+    gen_release(s, g);
     char *text = metrics_text(&s->m, breakers);
     json_decref(breakers);
     return text;
@@ -1406,6 +1623,16 @@ static void on_tick(lws_sorted_usec_list_t *sul)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         }
     cards_maybe_refresh(s, now);
+    if (s->reload && *s->reload) {
+        *s->reload = 0;
+        bt_log(BT_LOG_INFO, "server", NULL, "SIGHUP: reloading the configuration");
+        struct job *j = bt_calloc(1, sizeof *j);
+        j->kind = JOB_RELOAD;
+        if (!job_push(s, j)) {
+            job_free(j);
+            bt_log(BT_LOG_ERROR, "server", NULL, "reload not started: baton is busy");
+        }
+    }
     lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
 }
 
@@ -1420,13 +1647,12 @@ static void lws_emit(int level, const char *line)
 
 /* ---- run ------------------------------------------------------------------------ */
 
-enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
-                          const char *store_override, volatile sig_atomic_t *stop, char *err,
+enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const char *store_override,
+                          volatile sig_atomic_t *stop, volatile sig_atomic_t *reload, char *err,
                           size_t errlen)
 {
     struct bt_server *s = bt_calloc(1, sizeof *s);
     enum bt_err rc = BT_OK;
-    s->cfg = cfg;
     s->stop = stop;
     const char *listen =
         listen_override ? listen_override : json_string_value(bt_config_get(cfg, "server.listen"));
@@ -1440,31 +1666,30 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     s->rate_limit = cfg_int(cfg, "server.rate_limit", 60);
     s->idle_timeout_s = cfg_int(cfg, "server.idle_timeout_s", 300);
     s->nworkers = cfg_int(cfg, "server.workers", 4);
+    s->nrunners = cfg_int(cfg, "server.job_runners", 1);
+    s->nslots = (int)(s->nworkers + s->nrunners);
+    s->store_override = store_override;
+    s->reload = reload;
+    pthread_cond_init(&s->runner_cv, NULL);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->m.mu, NULL);
     pthread_cond_init(&s->job_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
 
-    /* One pipeline (with its own store handle) per worker, built before
+    /* One pipeline (with its own store handle) per thread, built before
      * any thread starts so a configuration problem stops `serve` at once. */
-    s->pipelines = bt_calloc((size_t)s->nworkers, sizeof *s->pipelines);
-    s->threads = bt_calloc((size_t)s->nworkers, sizeof *s->threads);
-    for (long long i = 0; i < s->nworkers && rc == BT_OK; i++) {
-        bt_diag *d = bt_diag_new();
-        /* The first pipeline compiles everything; the others share its
-         * read-only parts and its connectors (one circuit breaker per
-         * connector per process) and have their own store handles. */
-        if (i == 0)
-            s->pipelines[i] = bt_pipeline_new(cfg, store_override, d);
-        else if (!(s->pipelines[i] = bt_pipeline_sibling(s->pipelines[0], err, errlen)))
-            bt_diag_add(d, NULL, 0, NULL, "%s", err);
-        if (!s->pipelines[i]) {
-            bt_fmt(err, errlen, "cannot build a pipeline: %s",
-                   bt_diag_count(d) ? bt_diag_get(d, 0) : "unknown problem");
-            rc = BT_ECONFIG;
-        }
-        bt_diag_free(d);
+    s->threads = bt_calloc((size_t)s->nslots, sizeof *s->threads);
+    bt_diag *d = bt_diag_new();
+    s->gen = gen_build(s, cfg, false, d);
+    if (!s->gen) {
+        bt_fmt(err, errlen, "cannot build a pipeline: %s",
+               bt_diag_count(d) ? bt_diag_get(d, 0) : "unknown problem");
+        rc = BT_ECONFIG;
+    } else {
+        s->gen->number = 1;
+        s->m.generation = 1;
     }
+    bt_diag_free(d);
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     static const lws_retry_bo_t retry = {
@@ -1491,14 +1716,15 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
         }
     }
     int started = 0;
-    for (long long i = 0; rc == BT_OK && i < s->nworkers; i++) {
+    for (int i = 0; rc == BT_OK && i < s->nslots; i++) {
         struct worker_arg *wa = bt_malloc(sizeof *wa);
         wa->s = s;
-        wa->index = (int)i;
+        wa->index = i;
         pthread_mutex_lock(&s->mu);
         s->workers_alive++;
         pthread_mutex_unlock(&s->mu);
-        if (pthread_create(&s->threads[i], NULL, worker_main, wa) != 0) {
+        if (pthread_create(&s->threads[i], NULL, i < s->nworkers ? worker_main : runner_main, wa) !=
+            0) {
             free(wa);
             pthread_mutex_lock(&s->mu);
             s->workers_alive--;
@@ -1510,8 +1736,9 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
         started++;
     }
     if (rc == BT_OK) {
-        bt_log(BT_LOG_INFO, "server", NULL, "listening on %s:%d with %lld workers", s->host,
-               s->port, s->nworkers);
+        bt_log(BT_LOG_INFO, "server", NULL,
+               "listening on %s:%d with %lld workers and %lld job runners", s->host, s->port,
+               s->nworkers, s->nrunners);
         lws_sul_schedule(s->ctx, 0, &s->sweep_sul, on_sweep, 1000);
         lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
         while (!*stop && lws_service(s->ctx, 0) >= 0)
@@ -1524,6 +1751,7 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_broadcast(&s->job_cv);
+    pthread_cond_broadcast(&s->runner_cv);
     int64_t deadline = bt_mono_ms() + STOP_WAIT_MS;
     while (s->workers_alive > 0 && bt_mono_ms() < deadline) {
         struct timespec ts;
@@ -1561,13 +1789,11 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
         s->conns = c->next;
         conn_free(c);
     }
-    /* Siblings first: they borrow from the first pipeline. */
-    for (long long i = s->nworkers; i-- > 0;) {
-        bt_pipeline_free(s->pipelines[i]);
-    }
+    gen_free(s->gen);
+    for (size_t i = 0; i < s->nretired; i++)
+        gen_free(s->retired[i]);
     for (size_t i = 0; i < s->nrates; i++)
         free(s->rates[i].user);
-    free(s->pipelines);
     free(s->threads);
     metrics_free(&s->m);
     for (size_t i = 0; i < s->ncards; i++)
@@ -1576,6 +1802,7 @@ enum bt_err bt_server_run(const bt_config *cfg, const char *listen_override,
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->job_cv);
     pthread_cond_destroy(&s->done_cv);
+    pthread_cond_destroy(&s->runner_cv);
     free(s);
     return rc;
 }

@@ -664,6 +664,116 @@ static void test_cards_live(void)
     ws_close(d);
 }
 
+/* A level-2 plan estimated past background_after_s goes to the job queue;
+ * the server's own job runner runs it and the card shows it completed. */
+static void test_background_job(void)
+{
+    struct ws *a = signed_in(alice_token, "alice");
+    struct ws *b = signed_in(bob_token, "bob");
+    if (!a || !b) {
+        ws_close(a);
+        ws_close(b);
+        return;
+    }
+    CHECK(ws_send(
+        a, "{\"type\":\"say\",\"id\":\"g1\",\"text\":\"deploy billing-api 1.2.3 on localhost\"}"));
+    json_t *r = ws_expect(a, "plan");
+    char *aid = bt_strdup(jstr(r, "approval_id"));
+    CHECK(!you(json_object_get(r, "card"), "may_decide")); /* level 2: not the requester */
+    json_decref(r);
+    char msg[300];
+    bt_fmt(msg, sizeof msg,
+           "{\"type\":\"decide\",\"id\":\"g2\",\"approval\":\"%s\",\"decision\":\"approve\"}", aid);
+    CHECK(ws_send(b, msg));
+    r = ws_answer(b, "g2");
+    CHECK_MSG(strstr(jstr(r, "text"), "background") != NULL, "decide: %s", jstr(r, "text"));
+    json_decref(r);
+    bool done = false;
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    while (!done && bt_mono_ms() < deadline) {
+        r = ws_recv(a, (int)(deadline - bt_mono_ms()));
+        if (!r)
+            break;
+        json_t *card = json_object_get(r, "card");
+        if (strcmp(jstr(r, "type"), "card") == 0 && strcmp(jstr(card, "approval_id"), aid) == 0 &&
+            strcmp(jstr(json_object_get(card, "execution"), "state"), "completed") == 0)
+            done = true;
+        json_decref(r);
+    }
+    CHECK_MSG(done, "the background execution of %s did not complete", aid);
+    free(aid);
+    ws_close(a);
+    ws_close(b);
+}
+
+/* Poll /metrics until it holds line (bounded). */
+static bool metrics_show(const char *line)
+{
+    int64_t deadline = bt_mono_ms() + WAIT_MS;
+    while (bt_mono_ms() < deadline) {
+        char *body;
+        bool seen = http_get("/metrics", &body) == 200 && body && strstr(body, line);
+        free(body);
+        if (seen)
+            return true;
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+static void expect_assets(struct ws *w, const char *id, const char *count)
+{
+    char msg[200];
+    bt_fmt(msg, sizeof msg,
+           "{\"type\":\"say\",\"id\":\"%s\",\"text\":\"how many assets do we have?\"}", id);
+    CHECK(ws_send(w, msg));
+    json_t *r = ws_answer(w, id);
+    CHECK_MSG(strstr(jstr(r, "text"), count) != NULL, "%s: %s", count, jstr(r, "text"));
+    json_decref(r);
+}
+
+/* SIGHUP: a changed inventory is used without dropping the connection; a
+ * broken file keeps the configuration in use and the log says why. */
+static void test_reload(void)
+{
+    struct ws *a = signed_in(alice_token, "alice");
+    if (!a)
+        return;
+    expect_assets(a, "r1", "24 assets");
+    char path[700];
+    bt_fmt(path, sizeof path, "%s/inventory.yaml", cfgdir);
+    char *inv = slurp(path);
+    char *more = bt_asprintf("%s\n  - name: reload-01\n    hostname: reload-01\n    ip: 10.9.9.9\n"
+                             "    os: linux\n    os_version: 'Debian 12'\n    role: web\n"
+                             "    environment: dev\n    status: active\n    datacenter: hq\n"
+                             "    tags: []\n    cpu: 2\n    ram_gb: 4\n    connection: ssh\n"
+                             "    services: [nginx]\n    description: added by a reload\n",
+                             inv ? inv : "");
+    spit(path, more);
+    free(more);
+    kill(server, SIGHUP);
+    CHECK_MSG(metrics_show("baton_config_generation 2\n"), "no reload seen in /metrics");
+    expect_assets(a, "r2", "25 assets");
+
+    bt_fmt(path, sizeof path, "%s/tools.yaml", cfgdir);
+    char *tools = slurp(path);
+    spit(path, "tools: [unclosed\n");
+    kill(server, SIGHUP);
+    CHECK_MSG(metrics_show("baton_config_reloads_total{result=\"failed\"} 1\n"),
+              "no failed reload seen in /metrics");
+    CHECK(metrics_show("baton_config_generation 2\n"));
+    expect_assets(a, "r3", "25 assets");
+    spit(path, tools ? tools : "");
+    free(tools);
+    bt_fmt(path, sizeof path, "%s/inventory.yaml", cfgdir);
+    spit(path, inv ? inv : "");
+    free(inv);
+    kill(server, SIGHUP);
+    CHECK(metrics_show("baton_config_generation 3\n"));
+    ws_close(a);
+}
+
 static void test_protocol_errors(void)
 {
     struct ws *w = signed_in(alice_token, "alice");
@@ -840,8 +950,15 @@ int main(void)
 
     /* The shipped configuration, with restarts that really run on
      * localhost and take a second. */
-    static const char *const slow_restart[] = {"command: [systemctl, restart, '{service}']",
-                                               "command: [sleep, '1']", NULL, NULL};
+    static const char *const slow_restart[] = {
+        "command: [systemctl, restart, '{service}']",
+        "command: [sleep, '1']",
+        "command: [systemctl, status, --no-pager, --lines=5, '{service}']",
+        "command: ['true']",
+        "command: [apt-get, install, -y, --allow-downgrades, '{app}={version}']",
+        "command: ['true']",
+        NULL,
+        NULL};
     CHECK(make_config_with(tmp, slow_restart));
     char log[700];
     bt_fmt(log, sizeof log, "%s/serve.log", tmp);
@@ -852,6 +969,8 @@ int main(void)
         RUN(test_requests_and_approvals);
         RUN(test_cards_live);
         RUN(test_stage_metrics);
+        RUN(test_background_job);
+        RUN(test_reload);
         RUN(test_protocol_errors);
         RUN(test_rate_limit);
         RUN(test_origin);
