@@ -36,9 +36,21 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
+# Starts the daemon on the embedded defaults (SQLite, built-in inventory,
+# local runner) and prints the console's address with a sign-in link for
+# each demo user (tokens are new each time; only their hashes are stored).
+CONSOLE ?= 127.0.0.1:8080
+
 run: build
-	$(BATON) ask "how many assets do we have?"
-	$(BATON) check
+	@$(BATON) check
+	@echo
+	@echo "baton console: http://$(CONSOLE)/"
+	@for u in alice bob carol erin; do \
+	  echo "  sign in as $$u: http://$(CONSOLE)/#token=$$($(BATON) token $$u 2>/dev/null)"; \
+	done
+	@echo "(Ctrl-C stops baton)"
+	@echo
+	exec $(BATON) serve --listen $(CONSOLE)
 
 test-build: deps
 	cmake -S . -B $(BUILD_TEST) -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=ON >/dev/null
@@ -61,8 +73,9 @@ BUILD_BENCH ?= build-bench
 
 bench: deps
 	cmake -S . -B $(BUILD_BENCH) -DCMAKE_BUILD_TYPE=Release >/dev/null
-	cmake --build $(BUILD_BENCH) -j $(JOBS) --target bench_pipeline
+	cmake --build $(BUILD_BENCH) -j $(JOBS) --target bench_pipeline ws_echo ws_load baton
 	$(BUILD_BENCH)/tests/bench/bench_pipeline 5000
+	tests/bench/run_ws_bench.sh $(BUILD_BENCH)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_TEST) $(BUILD_BENCH)
