@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +32,11 @@
 #include "pipeline/pipeline.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8080"
-#define JOB_QUEUE_MAX 256 /* jobs waiting for a worker */
-#define OUTQ_MAX 64       /* messages waiting to be written per connection */
-#define SWEEP_INTERVAL_US 30000000LL
-#define TICK_US 250000LL   /* idle checks and the stop flag */
-#define STOP_WAIT_MS 30000 /* how long workers may take to finish on SIGTERM */
+#define JOB_QUEUE_MAX 256           /* jobs waiting for a worker */
+#define OUTQ_MAX 64                 /* messages waiting to be written per connection */
+#define SWEEP_INTERVAL_US 5000000LL /* approval timers, store housekeeping */
+#define TICK_US 250000LL            /* idle checks and the stop flag */
+#define STOP_WAIT_MS 30000          /* how long workers may take to finish on SIGTERM */
 #define HISTORY_MAX 20
 #define METRIC_KEYS_MAX 256
 #define USERS_MAX 1024
@@ -950,6 +951,9 @@ static void *worker_main(void *arg)
         if (j->kind == JOB_SWEEP) {
             json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
             json_decref(events);
+            char err[BT_ERRLEN];
+            if (bt_store_maintain(bt_pipeline_store(p), err, sizeof err) != BT_OK)
+                bt_log(BT_LOG_WARN, "server", NULL, "store housekeeping: %s", err);
             json_t *pending = bt_pipeline_pending(p);
             pthread_mutex_lock(&s->m.mu);
             s->m.pending_approvals = (long long)json_array_size(pending);
@@ -1647,6 +1651,28 @@ static void lws_emit(int level, const char *line)
 
 /* ---- run ------------------------------------------------------------------------ */
 
+/* Every connection is a descriptor; the usual soft limit of 1024 would cap
+ * the console at about a thousand browsers, and past it accept() fails in
+ * a loop. Raise the soft limit to 65536, or the hard limit if lower
+ * (libwebsockets sizes its tables from it when the context is created). */
+#define FD_LIMIT_WANT 65536
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = FD_LIMIT_WANT;
+    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
+        want = rl.rlim_max;
+    if (rl.rlim_cur < want) {
+        rlim_t before = rl.rlim_cur;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            bt_log(BT_LOG_INFO, "server", NULL, "open files limit raised from %llu to %llu",
+                   (unsigned long long)before, (unsigned long long)want);
+    }
+}
+
 enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const char *store_override,
                           volatile sig_atomic_t *stop, volatile sig_atomic_t *reload, char *err,
                           size_t errlen)
@@ -1691,6 +1717,7 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     }
     bt_diag_free(d);
 
+    raise_fd_limit();
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     static const lws_retry_bo_t retry = {
         .secs_since_valid_ping = 30,

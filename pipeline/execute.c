@@ -439,6 +439,9 @@ struct sched {
     pthread_cond_t cv;
     struct task **finished;
     size_t nfinished;
+    /* Run tasks on the calling thread: nothing could run beside them and
+     * no lease needs heartbeating meanwhile, so a thread buys nothing. */
+    bool inline_tasks;
 };
 
 static void sched_init(struct sched *s, size_t cap)
@@ -451,6 +454,7 @@ static void sched_init(struct sched *s, size_t cap)
     pthread_condattr_destroy(&a);
     s->finished = bt_calloc(cap ? cap : 1, sizeof *s->finished);
     s->nfinished = 0;
+    s->inline_tasks = false;
 }
 
 static void sched_destroy(struct sched *s)
@@ -545,7 +549,7 @@ static void *task_thread(void *arg)
 static void task_start(struct task *t, struct sched *s)
 {
     t->sched = s;
-    t->threaded = pthread_create(&t->thread, NULL, task_thread, t) == 0;
+    t->threaded = !s->inline_tasks && pthread_create(&t->thread, NULL, task_thread, t) == 0;
     if (!t->threaded)
         task_thread(t);
 }
@@ -1156,6 +1160,38 @@ static bool step_read_only(const json_t *step, const json_t *tool)
     return ro ? json_is_true(ro) : json_is_true(json_object_get(tool, "read_only"));
 }
 
+/* What the audit log keeps of a step's result (new): everything but the
+ * data an inventory read returned (the step's own record keeps that; the
+ * audit notes how much there was) and at most AUDIT_OUTPUT_MAX bytes of
+ * each output stream, so one large answer cannot swell the log. */
+#define AUDIT_OUTPUT_MAX 4096
+static json_t *audit_result(const json_t *res)
+{
+    json_t *a = json_copy((json_t *)res);
+    if (!a)
+        return json_null();
+    json_t *data = json_object_get(a, "data");
+    if (json_is_array(data) || json_is_object(data))
+        json_object_set_new(a, "data",
+                            json_pack("{s:s, s:I}", "omitted",
+                                      json_typeof(data) == JSON_ARRAY ? "array" : "object", "items",
+                                      (json_int_t)(json_is_array(data) ? json_array_size(data)
+                                                                       : json_object_size(data))));
+    static const char *const streams[] = {"stdout", "stderr"};
+    for (size_t k = 0; k < 2; k++) {
+        const char *v = json_string_value(json_object_get(a, streams[k]));
+        size_t n = v ? strlen(v) : 0;
+        if (n <= AUDIT_OUTPUT_MAX)
+            continue;
+        n = AUDIT_OUTPUT_MAX;
+        while (n > 0 && ((unsigned char)v[n] & 0xC0) == 0x80)
+            n--;
+        json_object_set_new(a, streams[k], json_stringn(v, n));
+        json_object_set_new(a, "audit_truncated", json_true());
+    }
+    return a;
+}
+
 /* Write the end of step t->index and tell everyone. */
 static void step_record(struct run *r, struct task *t)
 {
@@ -1168,10 +1204,10 @@ static void step_record(struct run *r, struct task *t)
     r->state[i] = s; /* even if the store refused: this run knows what happened */
     store_progress(r);
     audit(r->ex->st, r->request_id, r->actor, "step_finished",
-          json_pack("{s:s, s:I, s:s?, s:s?, s:s, s:i, s:O}", "execution_id", r->id, "index",
+          json_pack("{s:s, s:I, s:s?, s:s?, s:s, s:i, s:o}", "execution_id", r->id, "index",
                     (json_int_t)i, "tool", step_str(step_at(r, i), "tool"), "target",
                     step_str(step_at(r, i), "target"), "state", ss_names[s], "attempts",
-                    t->attempts, "result", res));
+                    t->attempts, "result", audit_result(res)));
     notify_progress(r, (int)i, ss_names[s], NULL);
     if (s != SS_COMPLETED)
         r->failed = true;
@@ -1210,6 +1246,7 @@ static void run_steps(struct run *r)
 {
     struct sched s;
     sched_init(&s, r->n);
+    s.inline_tasks = !r->job && (r->n == 1 || r->only >= 0);
     struct task *tasks = bt_calloc(r->n, sizeof *tasks);
     size_t running = 0;
     int parallel = r->ex->conf.parallel > 0 ? r->ex->conf.parallel : 1;

@@ -460,13 +460,34 @@ static void audit(bt_pipeline *p, const char *rid, const char *actor, const char
 
 /* Run execution exec_id of plan (all steps, or only step `only` when >= 0)
  * and put the outcome into r: kind, text, data (tables), execution. */
+/* A plan that only reads baton's own inventory: nothing outside changes and
+ * every step is quick, so its execution records may join the request's
+ * unit of records (one commit) instead of being written ahead one by one.
+ * Anything that calls out (a command, a network service) is written ahead,
+ * so the store's write lock is never held while a connector works. */
+static bool plan_in_process_read(const bt_pipeline *p, const json_t *plan)
+{
+    size_t i;
+    json_t *step;
+    json_array_foreach(json_object_get(plan, "steps"), i, step)
+    {
+        const char *type =
+            bt_connectors_type(p->conns, json_string_value(json_object_get(step, "connector")));
+        if (!json_is_true(json_object_get(step, "read_only")) || !type ||
+            strcmp(type, "builtin") != 0)
+            return false;
+    }
+    return i > 0;
+}
+
 static void run_plan(bt_pipeline *p, json_t *r, const json_t *plan, const char *exec_id,
                      const char *actor, int only)
 {
     /* A released level-3 step runs now: the approver waits to see its
      * result before releasing the next. */
     char err[BT_ERRLEN];
-    if (end_batch(p, err, sizeof err) != BT_OK) {
+    bool one_unit = only < 0 && p->batch_open && plan_in_process_read(p, plan);
+    if (!one_unit && end_batch(p, err, sizeof err) != BT_OK) {
         json_object_set_new(r, "error", json_string("store"));
         set_text(r, "error", bt_asprintf("I could not record the plan, so nothing ran: %s", err));
         return;
@@ -901,8 +922,22 @@ json_t *bt_pipeline_card(bt_pipeline *p, const char *approval_id)
     json_t *execution = json_null();
     if (exec) {
         const json_t *pr = json_object_get(exec, "progress");
-        execution = json_pack("{s:s?, s:O?, s:O?}", "state", xstate, "done",
-                              json_object_get(pr, "done"), "total", json_object_get(pr, "total"));
+        json_int_t total = json_integer_value(json_object_get(pr, "total"));
+        if (total <= 0) /* not started yet: the plan says how many */
+            total = (json_int_t)json_array_size(json_object_get(plan, "steps"));
+        execution = json_pack("{s:s?, s:I, s:I}", "state", xstate, "done",
+                              json_integer_value(json_object_get(pr, "done")), "total", total);
+        /* The stored steps do not repeat their targets; the answer names them. */
+        size_t k;
+        json_t *xs;
+        json_array_foreach(json_object_get(exec, "steps"), k, xs)
+        {
+            const json_t *ps =
+                json_array_get(json_object_get(plan, "steps"),
+                               (size_t)json_integer_value(json_object_get(xs, "index")));
+            if (!json_object_get(xs, "target") && json_object_get(ps, "target"))
+                json_object_set(xs, "target", json_object_get(ps, "target"));
+        }
     }
     json_t *result_text = json_null();
     if (exec && execution_ended(xstate)) {
@@ -981,6 +1016,14 @@ bool bt_pipeline_card_for(json_t *card, const char *user, const char *role)
         return false;
     bool pending = state && strcmp(state, "pending") == 0;
     bool releasing = state && strcmp(state, "releasing") == 0;
+    /* The next step can be released once the one before it has ended. */
+    json_t *st;
+    json_array_foreach(json_object_get(card, "steps"), i, st)
+    {
+        const char *ss = json_string_value(json_object_get(st, "state"));
+        if (ss && strcmp(ss, "running") == 0)
+            releasing = false;
+    }
     json_object_set_new(card, "you",
                         json_pack("{s:b, s:b, s:b}", "may_decide", deciding && pending,
                                   "may_release", deciding && releasing, "may_cancel",

@@ -126,8 +126,9 @@ static enum bt_err check_state(const char *state, const char *const *list, const
     return BT_OK;
 }
 
-/* JSON (borrowed, may be NULL) as canonical text in *out (new heap string,
- * NULL when value is NULL). */
+/* JSON (borrowed, may be NULL) as compact text in *out (new heap string,
+ * NULL when value is NULL). Not canonical: nothing hashes these texts, and
+ * sorting every object's keys cost more than the SQL around it. */
 static enum bt_err to_json_text(const json_t *value, bool need_object, const char *what, char **out,
                                 char *err, size_t errlen)
 {
@@ -138,7 +139,7 @@ static enum bt_err to_json_text(const json_t *value, bool need_object, const cha
         bt_fmt(err, errlen, "store: %s must be a JSON object", what);
         return BT_EINVAL;
     }
-    *out = bt_json_canonical(value);
+    *out = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!*out) {
         bt_fmt(err, errlen, "store: %s cannot be encoded as JSON", what);
         return BT_EINVAL;
@@ -1340,6 +1341,15 @@ enum bt_err bt_store_audit_list(bt_store *st, int64_t since_ms, long limit, json
         return BT_EINVAL;
     }
     return st->ops->audit_list(st->be, since_ms, limit, out, err, errlen);
+}
+
+/* bt_store_maintain: see store.h. */
+enum bt_err bt_store_maintain(bt_store *st, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st)
+        return bad_args("maintain", err, errlen);
+    return st->ops->maintain(st->be, err, errlen);
 }
 
 /* bt_store_audit_verify: see store.h. *entries is the number of entries

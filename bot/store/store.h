@@ -351,4 +351,11 @@ enum bt_err bt_store_audit_of(bt_store *st, const char *request_id, long limit, 
 /* Check the whole chain; BT_ECORRUPT with the first bad seq in err. */
 enum bt_err bt_store_audit_verify(bt_store *st, long long *entries, char *err, size_t errlen);
 
+/* Housekeeping for long-running processes, every few seconds at most: for
+ * SQLite, a checkpoint that copies the write-ahead log into the database
+ * and truncates it (under steady load the automatic checkpoints never get
+ * to reset it, and it grows without bound). Waits for the write lock like
+ * any write. */
+enum bt_err bt_store_maintain(bt_store *st, char *err, size_t errlen);
+
 #endif

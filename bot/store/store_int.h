@@ -222,6 +222,7 @@ struct bt_store__ops {
     enum bt_err (*audit_of)(void *be, const char *request_id, long limit, json_t **out, char *err,
                             size_t errlen);
     enum bt_err (*audit_verify)(void *be, long long *entries, char *err, size_t errlen);
+    enum bt_err (*maintain)(void *be, char *err, size_t errlen);
 };
 
 /* The SQLite backend (store_sqlite.c). */

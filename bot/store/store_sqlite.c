@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -898,6 +899,27 @@ static void sq_close(void *be)
     free(s);
 }
 
+/* Waiting for the write lock. SQLite's own busy timeout sleeps 1, 2, 5,
+ * 10 ms ... between tries, far longer than the few hundred microseconds
+ * another thread of `baton serve` holds the lock for, so requests queued
+ * behind each other for milliseconds. This waits 50 us, doubling to 2 ms,
+ * until SQ_BUSY_TIMEOUT_MS have passed in all. */
+static int busy_wait(void *ctx, int tries)
+{
+    (void)ctx;
+    static const long step_us[] = {50, 100, 200, 400, 800, 1600, 2000};
+    size_t last = sizeof step_us / sizeof step_us[0] - 1;
+    long long waited = 0;
+    for (int i = 0; i < tries; i++)
+        waited += step_us[(size_t)i < last ? (size_t)i : last];
+    if (waited >= (long long)SQ_BUSY_TIMEOUT_MS * 1000)
+        return 0;
+    long us = step_us[(size_t)tries < last ? (size_t)tries : last];
+    struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 static enum bt_err sq_open(const char *path, void **be, char *err, size_t errlen)
 {
     *be = NULL;
@@ -926,7 +948,7 @@ static enum bt_err sq_open(const char *path, void **be, char *err, size_t errlen
     }
     if (e == BT_OK) {
         sqlite3_extended_result_codes(s->db, 1);
-        sqlite3_busy_timeout(s->db, SQ_BUSY_TIMEOUT_MS);
+        sqlite3_busy_handler(s->db, busy_wait, NULL);
         rc = sqlite3_exec(s->db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
         if (rc != SQLITE_OK)
             e = open_fail(s, rc, err, errlen, "enable foreign keys");
@@ -2871,6 +2893,16 @@ static bool audit_row_ok(struct sq *s, sqlite3_stmt *st, long long expect_seq, c
 /* Walk the chain from seq 1 in batches of SQ_AUDIT_BATCH inside one read
  * transaction: a consistent snapshot (appenders carry on meanwhile, in WAL)
  * and bounded memory however long the log is. */
+static enum bt_err sq_maintain(void *be, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    int logged = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &done);
+    if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
+        return sq_fail(s, rc, err, errlen, "checkpoint");
+    return BT_OK; /* busy: readers kept it from finishing; the next one will */
+}
+
 static enum bt_err sq_audit_verify(void *be, long long *entries, char *err, size_t errlen)
 {
     struct sq *s = be;
@@ -2962,4 +2994,5 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .audit_list = sq_audit_list,
     .audit_of = sq_audit_of,
     .audit_verify = sq_audit_verify,
+    .maintain = sq_maintain,
 };
