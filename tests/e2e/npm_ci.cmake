@@ -1,0 +1,24 @@
+# The e2e fixture: install playwright-core into the build directory.
+# Called as: cmake -DSRC=tests/e2e -DDST=build/tests/e2e -DNPM=npm -P npm_ci.cmake
+# `npm ci` installs exactly package-lock.json; it is skipped when the
+# installed copy already matches the lock file.
+configure_file(${SRC}/package.json ${DST}/package.json COPYONLY)
+configure_file(${SRC}/package-lock.json ${DST}/package-lock.json COPYONLY)
+set(stamp ${DST}/node_modules/.baton-lock)
+file(SHA256 ${DST}/package-lock.json want)
+if(EXISTS ${stamp} AND EXISTS ${DST}/node_modules/playwright-core/package.json)
+  file(READ ${stamp} have)
+  if(have STREQUAL want)
+    message(STATUS "playwright-core already installed (package-lock.json unchanged)")
+    return()
+  endif()
+endif()
+execute_process(COMMAND ${NPM} ci --no-audit --no-fund --loglevel=error
+                WORKING_DIRECTORY ${DST}
+                RESULT_VARIABLE rc
+                TIMEOUT 280)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "npm ci in ${DST} failed (${rc}); the browser tests need network access "
+                      "to the npm registry once, or a filled npm cache")
+endif()
+file(WRITE ${stamp} "${want}")
