@@ -1219,9 +1219,9 @@ static void step_record(struct run *r, struct task *t)
 static bool step_start(struct run *r, size_t i, struct task *t, struct sched *s)
 {
     const json_t *step = step_at(r, i);
-    const json_t *tool = bt_tools_get(r->ex->tools, step_str(step, "tool"));
-    task_init(t, r->ex, tool, json_object_get(step, "inputs"), target_of(r, step),
-              step_read_only(step, tool));
+    const json_t *target = target_of(r, step);
+    const json_t *tool = bt_tools_for(r->ex->tools, step_str(step, "tool"), target);
+    task_init(t, r->ex, tool, json_object_get(step, "inputs"), target, step_read_only(step, tool));
     t->index = i;
     /* Written before the call: after a crash the store shows the step as
      * running (so it is reported interrupted), never as not started. */
@@ -1279,7 +1279,7 @@ static void compensate(struct run *r)
         const char *cname = step_str(comp, "tool");
         if (!cname)
             continue;
-        const json_t *tool = bt_tools_get(r->ex->tools, cname);
+        const json_t *tool = bt_tools_for(r->ex->tools, cname, target_of(r, step));
         audit(r->ex->st, r->request_id, r->actor, "compensation_started",
               json_pack("{s:s, s:I, s:s}", "execution_id", r->id, "undoes", (json_int_t)i, "tool",
                         cname));

@@ -25,11 +25,22 @@ struct bt_tools {
     pcre2_match_context *mctx;
 };
 
-static const char *const tool_keys[] = {"name",      "description", "connector",    "operation",
-                                        "command",   "inputs",      "inputs_from",  "risk",
-                                        "read_only", "reversible",  "compensate",   "target",
-                                        "timeout_s", "ok_exit",     "output_lines", "output_max",
-                                        "runs_on",   "retries",     "estimate_s",   NULL};
+/* Common keys, then those of particular connector types (local: command,
+ * ok_exit, output_*; ansible: module, args, playbook, extra_vars; http
+ * automation: remote_tool), which each connector's check_tool validates. */
+static const char *const tool_keys[] = {
+    "name",        "description", "connector",    "operation",  "command",    "inputs",
+    "inputs_from", "risk",        "read_only",    "reversible", "compensate", "target",
+    "timeout_s",   "ok_exit",     "output_lines", "output_max", "runs_on",    "retries",
+    "estimate_s",  "module",      "args",         "playbook",   "extra_vars", "remote_tool",
+    "via",         NULL};
+
+/* What a `via:` entry may set: the connector and its own keys. Everything
+ * else (inputs, risk, target, compensate, ...) is the tool's. */
+static const char *const via_keys[] = {
+    "connector", "operation", "command",  "ok_exit",    "output_lines", "output_max", "timeout_s",
+    "module",    "args",      "playbook", "extra_vars", "remote_tool",  "runs_on",    NULL};
+static const char *const connections[] = {"local", "ssh", "winrm", NULL};
 static const char *const input_keys[] = {"required", "pattern", "default", "description", NULL};
 
 static pcre2_code *compile_pattern(const char *pattern, char *err, size_t errlen)
@@ -91,6 +102,70 @@ static void check_inputs(bt_tools *t, const bt_yaml_doc *doc, const char *tool, 
         t->checks[t->nchecks].input = bt_strdup(iname);
         t->checks[t->nchecks].re = re;
         t->nchecks++;
+    }
+}
+
+/* `via:` maps an asset's connection (local, ssh, winrm) to another
+ * connector for the same tool, e.g. systemctl through the local runner on
+ * the baton host and an ansible module on ssh hosts. Each entry becomes a
+ * full definition (the tool's, with the entry's keys over it), checked by
+ * its connector, and kept as "NAME@CONNECTION". */
+static void check_via(bt_tools *t, const bt_yaml_doc *doc, const json_t *tool, const json_t *def,
+                      const char *name, const bt_connectors *conns, bt_diag *d)
+{
+    json_t *via = json_object_get(tool, "via");
+    if (!via)
+        return;
+    if (!json_is_object(via)) {
+        bt_diag_at(d, doc, tool, "via",
+                   "must be a mapping of connection (local, ssh, winrm) to "
+                   "a connector and its keys");
+        return;
+    }
+    const char *conn_name;
+    json_t *entry;
+    json_object_foreach(via, conn_name, entry)
+    {
+        size_t k = 0;
+        while (connections[k] && strcmp(connections[k], conn_name) != 0)
+            k++;
+        if (!connections[k]) {
+            bt_diag_at(d, doc, via, conn_name,
+                       "tool %s: via.%s: not a connection (local, ssh or winrm)", name, conn_name);
+            continue;
+        }
+        if (!json_is_object(entry)) {
+            bt_diag_at(d, doc, via, conn_name, "tool %s: via.%s must be a mapping", name,
+                       conn_name);
+            continue;
+        }
+        bt_check_keys(d, doc, entry, via_keys);
+        const char *c = bt_check_string(d, doc, entry, "connector", true);
+        if (!c)
+            continue;
+        if (!bt_connectors_has(conns, c)) {
+            bt_diag_at(d, doc, entry, "connector",
+                       "tool %s: via.%s names connector '%s', which is not configured in "
+                       "baton.yaml",
+                       name, conn_name, c);
+            continue;
+        }
+        /* The variant: the tool's definition without the first connector's
+         * own keys, then the entry's keys. */
+        json_t *var = json_deep_copy(def);
+        static const char *const own[] = {"operation",  "command",     "ok_exit", "output_lines",
+                                          "output_max", "module",      "args",    "playbook",
+                                          "extra_vars", "remote_tool", NULL};
+        for (size_t i = 0; own[i]; i++)
+            json_object_del(var, own[i]);
+        json_object_update(var, entry);
+        if (!json_object_get(var, "operation"))
+            bt_diag_at(d, doc, entry, NULL, "tool %s: via.%s needs an operation", name, conn_name);
+        else
+            bt_connectors_check_tool(conns, doc, var, d);
+        char key[300];
+        bt_fmt(key, sizeof key, "%s@%s", name, conn_name);
+        json_object_set_new(t->defs, key, var);
     }
 }
 
@@ -165,6 +240,8 @@ static void check_tool(bt_tools *t, const bt_yaml_doc *doc, json_t *root, json_t
     json_t *def = json_deep_copy(tool);
     json_object_set_new(def, "inputs", inputs);
     json_object_del(def, "inputs_from");
+    json_object_del(def, "via");
+    check_via(t, doc, tool, def, name, conns, d);
     json_object_set_new(t->defs, name, def);
 }
 
@@ -237,7 +314,19 @@ void bt_tools_free(bt_tools *t)
 
 const json_t *bt_tools_get(const bt_tools *t, const char *name)
 {
-    return name ? json_object_get(t->defs, name) : NULL;
+    return name && !strchr(name, '@') ? json_object_get(t->defs, name) : NULL;
+}
+
+const json_t *bt_tools_for(const bt_tools *t, const char *name, const json_t *target)
+{
+    const json_t *base = bt_tools_get(t, name);
+    const char *conn = json_string_value(json_object_get(target, "connection"));
+    if (!base || !conn)
+        return base;
+    char key[300];
+    bt_fmt(key, sizeof key, "%s@%s", name, conn);
+    const json_t *var = json_object_get(t->defs, key);
+    return var ? var : base;
 }
 
 static bool value_matches(const bt_tools *t, const struct input_check *c, const char *value)

@@ -25,6 +25,11 @@ void bt_tools_free(bt_tools *t);
  * merged in), or NULL when unknown. */
 const json_t *bt_tools_get(const bt_tools *t, const char *name);
 
+/* The definition that acts on target (borrowed asset object, may be NULL):
+ * the tool's `via:` entry for the target's connection when there is one
+ * (its connector and keys over the tool's), else the tool itself. */
+const json_t *bt_tools_for(const bt_tools *t, const char *name, const json_t *target);
+
 /* Validate inputs (borrowed object of strings) for tool `name`: every value
  * must match its declared pattern in full, unknown inputs are refused,
  * defaults fill absent optional ones. Returns a new object of final inputs.

@@ -109,10 +109,20 @@ static void test_inputs_from_set(void)
 }
 
 /* A broken tools.yaml: every problem reported with file, line and key. */
-static void test_catalog_errors(void)
+/* A catalog built from tools_yaml next to the shipped baton.yaml and
+ * inventory; every diagnostic is appended to diags. Free with
+ * catalog_free. */
+struct catalog {
+    char dir[32];
+    bt_config *cfg;
+    bt_connectors *conns;
+    bt_tools *tools;
+};
+
+static void catalog_load(struct catalog *k, const char *tools_yaml, bt_buf *diags)
 {
-    char dir[] = "/tmp/bt-tools-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    bt_strlcpy(k->dir, "/tmp/bt-tools-XXXXXX", sizeof k->dir);
+    CHECK(mkdtemp(k->dir) != NULL);
     char path[512];
     static const char *const copied[] = {"baton.yaml", "inventory.yaml", NULL};
     for (size_t i = 0; copied[i]; i++) {
@@ -120,43 +130,68 @@ static void test_catalog_errors(void)
         char err[BT_ERRLEN];
         bt_fmt(path, sizeof path, "%s/%s", BT_SOURCE_DIR "/config", copied[i]);
         CHECK(bt_read_file(path, 1 << 22, &text, NULL, err, sizeof err) == BT_OK);
-        bt_fmt(path, sizeof path, "%s/%s", dir, copied[i]);
+        bt_fmt(path, sizeof path, "%s/%s", k->dir, copied[i]);
         FILE *f = fopen(path, "w");
         fputs(text, f);
         fclose(f);
         free(text);
     }
-    bt_fmt(path, sizeof path, "%s/tools.yaml", dir);
+    bt_fmt(path, sizeof path, "%s/tools.yaml", k->dir);
     FILE *f = fopen(path, "w");
-    fputs("tools:\n"
-          "  - name: a\n"
-          "    connector: nowhere\n"
-          "    operation: x\n"
-          "    risk: extreme\n"
-          "    timeout_s: 0\n"
-          "    inputs:\n"
-          "      v: {pattern: '([a-z'}\n"
-          "  - name: a\n"
-          "    connector: inventory\n"
-          "    operation: count_assets\n"
-          "    risk: low\n"
-          "    compensate: missing_tool\n"
-          "    colour: blue\n",
-          f);
+    fputs(tools_yaml, f);
     fclose(f);
-    bt_fmt(path, sizeof path, "%s/intents", dir);
+    bt_fmt(path, sizeof path, "%s/intents", k->dir);
     mkdir(path, 0700);
     bt_diag *d = bt_diag_new();
-    bt_config *c = bt_config_load(dir, d);
+    k->cfg = bt_config_load(k->dir, d);
     bt_diag_free(d);
     d = bt_diag_new();
-    bt_connectors *cn = bt_connectors_new(c, ":memory:", d);
-    CHECK(cn != NULL);
-    bt_tools *t = bt_tools_new(c, cn, d);
-    CHECK(t == NULL);
-    bt_buf all = BT_BUF_INIT(0);
+    k->conns = bt_connectors_new(k->cfg, ":memory:", d);
+    CHECK(k->conns != NULL);
+    k->tools = bt_tools_new(k->cfg, k->conns, d);
     for (size_t i = 0; i < bt_diag_count(d); i++)
-        bt_buf_printf(&all, "%s\n", bt_diag_get(d, i));
+        bt_buf_printf(diags, "%s\n", bt_diag_get(d, i));
+    bt_diag_free(d);
+}
+
+static void catalog_free(struct catalog *k)
+{
+    bt_tools_free(k->tools);
+    bt_connectors_free(k->conns);
+    bt_config_free(k->cfg);
+    char path[512];
+    static const char *const files[] = {"baton.yaml", "inventory.yaml", "tools.yaml", NULL};
+    for (size_t i = 0; files[i]; i++) {
+        bt_fmt(path, sizeof path, "%s/%s", k->dir, files[i]);
+        unlink(path);
+    }
+    bt_fmt(path, sizeof path, "%s/intents", k->dir);
+    rmdir(path);
+    rmdir(k->dir);
+}
+
+static void test_catalog_errors(void)
+{
+    struct catalog k;
+    bt_buf all = BT_BUF_INIT(0);
+    catalog_load(&k,
+                 "tools:\n"
+                 "  - name: a\n"
+                 "    connector: nowhere\n"
+                 "    operation: x\n"
+                 "    risk: extreme\n"
+                 "    timeout_s: 0\n"
+                 "    inputs:\n"
+                 "      v: {pattern: '([a-z'}\n"
+                 "  - name: a\n"
+                 "    connector: inventory\n"
+                 "    operation: count_assets\n"
+                 "    risk: low\n"
+                 "    compensate: missing_tool\n"
+                 "    colour: blue\n",
+                 &all);
+    CHECK(k.tools == NULL);
+    bt_buf_puts(&all, "");
     CHECK_MSG(strstr(all.data, "tools.yaml:5: risk: must be low, medium, high or critical") != NULL,
               "%s", all.data);
     CHECK_MSG(strstr(all.data, "tools.yaml:6: timeout_s: must be between 1 and 3600") != NULL, "%s",
@@ -168,17 +203,66 @@ static void test_catalog_errors(void)
               all.data);
     CHECK_MSG(strstr(all.data, "tools.yaml:14: colour: unknown key") != NULL, "%s", all.data);
     bt_buf_free(&all);
-    bt_diag_free(d);
-    bt_connectors_free(cn);
-    bt_config_free(c);
-    static const char *const files[] = {"baton.yaml", "inventory.yaml", "tools.yaml", NULL};
-    for (size_t i = 0; files[i]; i++) {
-        bt_fmt(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
+    catalog_free(&k);
+}
+
+/* via: the same tool through another connector for assets reached another
+ * way; the target's connection picks the definition. */
+static void test_via_routes_by_connection(void)
+{
+    static const char *const tool =
+        "tools:\n"
+        "  - name: up\n"
+        "    connector: local\n"
+        "    operation: command\n"
+        "    command: [uptime]\n"
+        "    risk: low\n"
+        "    read_only: true\n"
+        "    timeout_s: 5\n"
+        "    inputs:\n"
+        "      host: {required: true, pattern: '[a-z0-9.-]+'}\n"
+        "    target: host\n"
+        "    via:\n"
+        "      ssh: {connector: local, operation: command, command: [df, -h], timeout_s: 9}\n";
+    struct catalog k;
+    bt_buf all = BT_BUF_INIT(0);
+    catalog_load(&k, tool, &all);
+    CHECK_MSG(k.tools != NULL, "%s", all.data ? all.data : "");
+    if (k.tools) {
+        json_t *ssh = json_pack("{s:s, s:s}", "name", "web-01", "connection", "ssh");
+        json_t *local = json_pack("{s:s, s:s}", "name", "localhost", "connection", "local");
+        const json_t *v = bt_tools_for(k.tools, "up", ssh);
+        CHECK_STR(json_string_value(json_array_get(json_object_get(v, "command"), 0)), "df");
+        CHECK_INT(json_integer_value(json_object_get(v, "timeout_s")), 9);
+        CHECK_STR(json_string_value(json_object_get(v, "target")), "host"); /* the tool's */
+        CHECK(json_object_get(json_object_get(v, "inputs"), "host") != NULL);
+        CHECK(json_object_get(v, "via") == NULL);
+        v = bt_tools_for(k.tools, "up", local);
+        CHECK_STR(json_string_value(json_array_get(json_object_get(v, "command"), 0)), "uptime");
+        CHECK(bt_tools_for(k.tools, "up", NULL) == bt_tools_get(k.tools, "up"));
+        CHECK(bt_tools_get(k.tools, "up@ssh") == NULL);
+        json_decref(ssh);
+        json_decref(local);
     }
-    bt_fmt(path, sizeof path, "%s/intents", dir);
-    rmdir(path);
-    rmdir(dir);
+    bt_buf_free(&all);
+    catalog_free(&k);
+
+    /* Every mistake in a via entry is reported. */
+    bt_buf bad = BT_BUF_INIT(0);
+    char *text = bt_asprintf("%s      telnet: {connector: local}\n"
+                             "      winrm: {connector: nowhere, operation: command}\n"
+                             "      local: {operation: command, colour: red}\n",
+                             tool);
+    catalog_load(&k, text, &bad);
+    free(text);
+    CHECK(k.tools == NULL);
+    bt_buf_puts(&bad, "");
+    CHECK_MSG(strstr(bad.data, "via.telnet: not a connection") != NULL, "%s", bad.data);
+    CHECK_MSG(strstr(bad.data, "connector 'nowhere'") != NULL, "%s", bad.data);
+    CHECK_MSG(strstr(bad.data, "colour: unknown key") != NULL, "%s", bad.data);
+    CHECK_MSG(strstr(bad.data, "connector: required") != NULL, "%s", bad.data);
+    bt_buf_free(&bad);
+    catalog_free(&k);
 }
 
 int main(void)
@@ -192,6 +276,7 @@ int main(void)
         RUN(test_inputs_from_set);
     }
     RUN(test_catalog_errors);
+    RUN(test_via_routes_by_connection);
     bt_tools_free(tools);
     bt_connectors_free(conns);
     bt_config_free(cfg);
