@@ -10,7 +10,7 @@ BATON      := $(BUILD)/bot/baton
 PKGS := build-essential cmake pkg-config clang-format git valgrind \
         libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev \
         libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev \
-        chromium fonts-dejavu-core
+        chromium fonts-dejavu-core ansible-core
 # The browser tests drive Debian's chromium with playwright-core from npm;
 # Node.js and npm come from Debian unless the machine already has them.
 NODE_PKGS := nodejs npm

@@ -13,8 +13,8 @@
 #define CONN_MAX 64
 
 static const struct bt_connectors__ops *const conn_types[] = {
-    &bt_connectors__builtin_ops,
-    &bt_connectors__local_ops,
+    &bt_connectors__builtin_ops, &bt_connectors__local_ops,  &bt_connectors__ansible_ops,
+    &bt_connectors__http_ops,    &bt_connectors__netbox_ops,
 };
 #define CONN_NTYPES (sizeof conn_types / sizeof conn_types[0])
 
@@ -200,7 +200,8 @@ bt_connectors *bt_connectors_new(const bt_config *cfg, const char *store_locatio
         const struct bt_connectors__ops *ops = find_type(json_string_value(type));
         if (!ops) {
             bt_connectors__diag(d, doc, conf, prefix, "type",
-                                "unknown connector type '%s' (known: builtin, local)",
+                                "unknown connector type '%s' (known: builtin, local, ansible, "
+                                "http, netbox)",
                                 json_string_value(type));
             ok = false;
             continue;

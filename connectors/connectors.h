@@ -6,7 +6,18 @@
  *   local     automation runner: allow-listed commands run as argv on the
  *             baton host, never through a shell, with timeout and output cap;
  *             only for assets whose connection is "local"
- * (http, netbox and ansible come with the connectors issue.)
+ *   ansible   automation runner: one module (`ansible`) or a playbook
+ *             (`ansible-playbook`) run as argv against the target asset
+ *             (connection local, ssh or winrm), with timeout and output cap;
+ *             result read from ansible's tree callback
+ *   http      an HTTP service: `api: assets` (OpsConductor-style asset
+ *             service: count_assets, list_assets, get_asset as builtin) or
+ *             `api: automation` (execute_plan: POST {base}/execute-plan)
+ *   netbox    asset connector over NetBox's REST API (devices and virtual
+ *             machines), answering as builtin does
+ *             (http and netbox share connectors/http.c: libcurl with
+ *             timeouts, capped bodies, retries of transient failures only,
+ *             a bulkhead; tokens only from the environment)
  *
  * Tools (config/tools.yaml) name a connector and an operation; the pipeline
  * calls bt_connectors_invoke with the tool definition and validated inputs.

@@ -42,6 +42,7 @@ struct bt_connectors__ops {
 
 extern const struct bt_connectors__ops bt_connectors__builtin_ops;
 extern const struct bt_connectors__ops bt_connectors__local_ops;
+extern const struct bt_connectors__ops bt_connectors__ansible_ops; /* type: ansible */
 
 /* Report "file:line: PREFIX.key: message" at obj[key] of doc (key may be
  * NULL: then at obj itself, named PREFIX). */
@@ -124,5 +125,98 @@ void bt_connectors__breaker_info(struct bt_connectors__breaker *b,
                                  struct bt_connectors__breaker_info *out);
 /* "closed", "open", "half_open". */
 const char *bt_connectors__breaker_state_name(enum bt_connectors__breaker_state s);
+
+/* ---- HTTP services (http.c, http_assets.c, http_automation.c) -------------
+ * One libcurl client per connector of type http or netbox, built from the
+ * keys they share (docs/connectors.md, "HTTP services"). The client keeps a
+ * small pool of easy handles under a mutex, so connections are reused across
+ * calls and threads, bounds the calls in flight (the bulkhead), retries what
+ * is transient and translates every libcurl outcome into a bt_err with a
+ * message that names the service and never the token. Thread-safe after
+ * _new. */
+
+extern const struct bt_connectors__ops bt_connectors__http_ops;   /* type: http */
+extern const struct bt_connectors__ops bt_connectors__netbox_ops; /* type: netbox */
+/* `type: http` with `api: automation` (http_assets.c dispatches on `api`). */
+extern const struct bt_connectors__ops bt_connectors__http_automation_ops;
+
+/* How the token (from the environment variable named by token_env) is sent. */
+enum bt_connectors__http_auth {
+    BT_CONNECTORS__HTTP_BEARER, /* Authorization: Bearer <token> */
+    BT_CONNECTORS__HTTP_TOKEN,  /* Authorization: Token <token> (NetBox) */
+};
+
+struct bt_connectors__http;
+
+/* Build a client from the shared keys of w->conf: base_url, token_env,
+ * connect_timeout_ms, timeout_ms, max_body_bytes, verify_tls, ca_file,
+ * max_concurrent, queue_wait_ms, retries, retry_base_ms, retry_cap_ms.
+ * `type` and the NULL-terminated `extra` keys are the caller's to check;
+ * any other key is reported as unknown. service names the kind of service
+ * in messages ("asset service"). token_required: token_env must be given.
+ * The token is read from the environment here, once, and kept only in
+ * memory. NULL when there was a problem (each reported into d). */
+struct bt_connectors__http *bt_connectors__http_new(const struct bt_connectors__where *w,
+                                                    const char *name, const char *service,
+                                                    enum bt_connectors__http_auth auth,
+                                                    bool token_required, const char *const *extra,
+                                                    bt_diag *d);
+void bt_connectors__http_free(struct bt_connectors__http *h);
+
+/* "asset service 'assets' (assets.example:8443)": how messages name the
+ * service (borrowed; lives as long as h). */
+const char *bt_connectors__http_label(const struct bt_connectors__http *h);
+
+/* True when url is absolute and has base_url's scheme, host and port. */
+bool bt_connectors__http_same_origin(const struct bt_connectors__http *h, const char *url);
+
+/* Append s to b percent-encoded for a query value (RFC 3986 unreserved
+ * characters are kept). */
+void bt_connectors__http_query_escape(bt_buf *b, const char *s);
+
+struct bt_connectors__http_call {
+    const char *method; /* "GET" or "POST" */
+    /* A path with its query, appended to base_url ("/?limit=100"), or an
+     * absolute URL that is bt_connectors__http_same_origin. */
+    const char *target;
+    const json_t *body; /* POST: sent as JSON (borrowed); NULL for none */
+    /* false: the request changes something, so it is retried only when it
+     * never left (the connection could not be made). */
+    bool idempotent;
+    long timeout_ms;     /* per attempt; 0: the connector's timeout_ms */
+    int64_t deadline_ms; /* bt_mono_ms() bound on the whole call, retries
+                          * included; 0: none */
+};
+
+struct bt_connectors__http_reply {
+    long status;  /* the last HTTP status, 0 when there was none */
+    json_t *body; /* new reference or NULL: the parsed JSON of a 2xx answer,
+                   * or of an error answer when it was JSON */
+    int attempts; /* requests made */
+    bool sent;    /* the last request may have reached the service */
+};
+
+/* Make one call. Returns
+ *   BT_OK          2xx with a JSON object or array in reply->body
+ *   BT_ENOENT      404 (err says so; the caller words it for the user)
+ *   BT_EUNAVAIL    the service could not be reached or said it is
+ *                  unavailable (502, 503, 429, reset mid-answer), after the
+ *                  retries allowed; or the bulkhead stayed full for
+ *                  queue_wait_ms
+ *   BT_ETIMEOUT    no answer in time (or 504), after the retries allowed;
+ *                  also a request that is not idempotent, may have reached
+ *                  the service and got no usable answer (reset, 502): like a
+ *                  timeout, its outcome is unknown, and the pipeline retries
+ *                  BT_ETIMEOUT only for read-only tools
+ *   BT_ECONNECTOR  a permanent failure: another 4xx or 5xx, a redirect,
+ *                  malformed JSON, a Content-Type other than JSON, a body
+ *                  larger than max_body_bytes, TLS verification
+ * err names the service (bt_connectors__http_label) and says what happened;
+ * never the token. The caller calls bt_connectors__http_reply_free. */
+enum bt_err bt_connectors__http_request(struct bt_connectors__http *h,
+                                        const struct bt_connectors__http_call *call,
+                                        struct bt_connectors__http_reply *reply, char *err,
+                                        size_t errlen);
+void bt_connectors__http_reply_free(struct bt_connectors__http_reply *reply);
 
 #endif
