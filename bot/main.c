@@ -177,6 +177,14 @@ static int cmd_check(const struct options *o)
         printf("baton check: configuration in %s is valid\n", dir);
         rc = EXIT_ANSWERED;
     }
+    json_t *notes = p ? bt_pipeline_coverage(p) : NULL;
+    size_t ni;
+    json_t *note;
+    json_array_foreach(notes, ni, note)
+    {
+        printf("note: %s\n", json_string_value(json_object_get(note, "text")));
+    }
+    json_decref(notes);
     bt_pipeline_free(p);
     bt_config_free(cfg);
     bt_diag_free(d);

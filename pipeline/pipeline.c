@@ -87,6 +87,99 @@ static void check_intent_plans(bt_pipeline *p, bt_diag *d)
     }
 }
 
+/* Tools that act on a host, and the hosts no connector of theirs can reach:
+ * the local runner only acts on the baton host (connection: local) unless
+ * the tool runs on the baton host by design (runs_on: baton, e.g. ping), so
+ * without a `via:` entry a restart on an ssh host would fail at run time.
+ * Reported by `baton check` as notes, one per connection (the
+ * configuration still loads: a team may only ever act on the baton host). */
+static bool reaches(const bt_pipeline *p, const char *tool, const json_t *asset)
+{
+    const char *conn = json_string_value(json_object_get(asset, "connection"));
+    const json_t *def = bt_tools_for(p->tools, tool, asset);
+    const char *type =
+        bt_connectors_type(p->conns, json_string_value(json_object_get(def, "connector")));
+    const char *runs_on = json_string_value(json_object_get(def, "runs_on"));
+    return !type || strcmp(type, "local") != 0 || (conn && strcmp(conn, "local") == 0) ||
+           (runs_on && strcmp(runs_on, "baton") == 0);
+}
+
+static void names_text(bt_buf *b, const json_t *names, size_t shown)
+{
+    size_t n = json_array_size(names);
+    for (size_t x = 0; x < n && x < shown; x++)
+        bt_buf_printf(b, "%s%s", x ? ", " : "", json_string_value(json_array_get(names, x)));
+    if (n > shown)
+        bt_buf_printf(b, " and %zu more", n - shown);
+}
+
+json_t *bt_pipeline_coverage(const bt_pipeline *p)
+{
+    json_t *notes = json_array();
+    static const char *const ways[] = {"local", "ssh", "winrm", NULL};
+    for (size_t w = 0; ways[w]; w++) {
+        json_t *tools = json_array(), *assets = json_array(), *seen = json_object();
+        for (size_t i = 0; i < MAX_CATALOG; i++) {
+            const json_t *in = bt_intents_at(p->intents, i);
+            if (!in)
+                break;
+            size_t k;
+            json_t *step;
+            json_array_foreach(json_object_get(in, "plan"), k, step)
+            {
+                const char *tool = json_string_value(json_object_get(step, "tool"));
+                if (!tool || json_object_get(seen, tool) ||
+                    !json_object_get(bt_tools_get(p->tools, tool), "target"))
+                    continue;
+                json_object_set_new(seen, tool, json_true());
+                bool missed = false;
+                size_t a;
+                json_t *asset;
+                json_array_foreach(p->assets, a, asset)
+                {
+                    const char *conn = json_string_value(json_object_get(asset, "connection"));
+                    if (!conn || strcmp(conn, ways[w]) != 0 || reaches(p, tool, asset))
+                        continue;
+                    missed = true;
+                    bool have = false;
+                    size_t x;
+                    json_t *v;
+                    json_array_foreach(assets, x, v) have =
+                        have || json_equal(v, json_object_get(asset, "name"));
+                    if (!have)
+                        json_array_append(assets, json_object_get(asset, "name"));
+                }
+                if (missed)
+                    json_array_append_new(tools, json_string(tool));
+            }
+        }
+        if (json_array_size(tools)) {
+            bt_buf b = BT_BUF_INIT(4096);
+            bt_buf_printf(&b, "%zu tool%s cannot act on the %zu asset%s reached over %s (",
+                          json_array_size(tools), json_array_size(tools) == 1 ? "" : "s",
+                          json_array_size(assets), json_array_size(assets) == 1 ? "" : "s",
+                          ways[w]);
+            names_text(&b, assets, 3);
+            bt_buf_puts(&b, "): ");
+            names_text(&b, tools, 6);
+            bt_buf_printf(&b,
+                          ". The local runner acts only on the baton host; give them "
+                          "`via: %s:` with an ansible or automation connector "
+                          "(docs/connectors.md).",
+                          ways[w]);
+            json_array_append_new(notes,
+                                  json_pack("{s:s, s:o, s:o, s:s}", "connection", ways[w], "tools",
+                                            tools, "assets", assets, "text", b.data ? b.data : ""));
+            bt_buf_free(&b);
+        } else {
+            json_decref(tools);
+            json_decref(assets);
+        }
+        json_decref(seen);
+    }
+    return notes;
+}
+
 /* How long after its last decision an approved plan that has not started
  * counts as abandoned by the process that decided it. */
 #define UNSTARTED_GRACE_MS 60000

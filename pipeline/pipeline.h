@@ -107,6 +107,13 @@ json_t *bt_pipeline_card(bt_pipeline *p, const char *approval_id);
  * neither an approver nor an admin: they oversee every approval). */
 bool bt_pipeline_card_for(json_t *card, const char *user, const char *role);
 
+/* Notes on reach (new array of {connection, tools [names], assets [names],
+ * text}): for each connection (local, ssh, winrm), the tools that act on a
+ * host but whose connector cannot reach the assets reached that way (the
+ * local runner acts only on the baton host). `baton check` prints them;
+ * they do not stop baton. */
+json_t *bt_pipeline_coverage(const bt_pipeline *p);
+
 /* Let time pass: expire, remind, escalate (new array of events). */
 json_t *bt_pipeline_sweep(bt_pipeline *p, int64_t now_ms);
 

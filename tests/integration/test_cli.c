@@ -85,6 +85,13 @@ static void test_check_valid(void)
     struct out o = BATON(CFG, "check");
     CHECK_INT(o.code, 0);
     CHECK_MSG(strstr(o.out, "is valid") != NULL, "%s%s", o.out, o.err);
+    /* The shipped tools reach only the baton host; check says which assets
+     * they cannot act on, without failing. */
+    CHECK_MSG(strstr(o.out, "note: 18 tools cannot act on the 15 assets reached over ssh") != NULL,
+              "%s", o.out);
+    CHECK_MSG(strstr(o.out, "service_restart") != NULL, "%s", o.out);
+    CHECK_MSG(strstr(o.out, "reached over winrm") != NULL, "%s", o.out);
+    CHECK_MSG(strstr(o.out, "over local") == NULL, "%s", o.out);
     out_free(&o);
 }
 
