@@ -120,6 +120,45 @@ static void test_level3_step_by_step(void)
     json_decref(r);
 }
 
+/* via: the same request through another connector: localhost's disk
+ * space through Ansible (ansible-core, for real, connection local) instead
+ * of the local runner, end to end through `baton ask`. */
+static void test_via_ansible(void)
+{
+    char path[700];
+    bt_fmt(path, sizeof path, "%s/baton.yaml", cfgdir);
+    char *y =
+        replace(slurp(path), "connectors:\n", "connectors:\n  automation:\n    type: ansible\n");
+    CHECK(y && strstr(y, "type: ansible"));
+    spit(path, y ? y : "");
+    free(y);
+    bt_fmt(path, sizeof path, "%s/tools.yaml", cfgdir);
+    char *t = replace(slurp(path),
+                      "    command: [df, -h, -x, tmpfs, -x, devtmpfs, -x, squashfs, -x, overlay]\n",
+                      "    command: [df, -h, -x, tmpfs, -x, devtmpfs, -x, squashfs, -x, overlay]\n"
+                      "    via:\n"
+                      "      local:\n"
+                      "        connector: automation\n"
+                      "        operation: module\n"
+                      "        module: ansible.builtin.command\n"
+                      "        args: {argv: [/usr/bin/df, -h, /]}\n"
+                      "        timeout_s: 60\n");
+    CHECK(t && strstr(t, "module: ansible.builtin.command"));
+    spit(path, t ? t : "");
+    free(t);
+    struct out o = BATON("--config", cfgdir, "check");
+    CHECK_MSG(o.code == 0, "check: %s %s", o.out, o.err);
+    out_free(&o);
+    json_t *r = ask("alice", "check disk space on localhost", 0);
+    const json_t *step =
+        json_array_get(json_object_get(json_object_get(r, "execution"), "steps"), 0);
+    const json_t *res = json_object_get(step, "result");
+    CHECK_STR(jstr(step, "state"), "completed");
+    CHECK_STR(jstr(res, "module"), "ansible.builtin.command");
+    CHECK_MSG(strstr(jstr(res, "stdout"), "Filesystem") != NULL, "stdout: %s", jstr(res, "stdout"));
+    json_decref(r);
+}
+
 static void test_deny_stops_the_plan(void)
 {
     json_t *r = ask("alice", "restart nginx on localhost", 4);
@@ -160,6 +199,7 @@ int main(void)
     RUN(test_level2_needs_another_approver);
     RUN(test_level3_step_by_step);
     RUN(test_deny_stops_the_plan);
+    RUN(test_via_ansible);
     rm_tree(tmp);
     return bt_test_finish();
 }
