@@ -1187,6 +1187,60 @@ static void test_baton(void)
     CHECK_MSG(strstr(o.out, "how many assets") != NULL, "%s", o.out);
     CHECK_MSG(strstr(o.out, "SECRET") == NULL, "the audit log holds a token");
     out_free(&o);
+
+    /* Faults as the user and the audit log see them: the answer says what
+     * happened to which service, and the audit log records the failed step
+     * with the same words and how many attempts were made. */
+    static const struct {
+        const char *mode;
+        int count, retry_after;
+        const char *says;
+    } faults[] = {
+        {"flap503", 100, -1, "is unavailable: 503"},
+        {"badjson", -1, -1, "malformed JSON"},
+        {"ctype", -1, -1, "not application/json"},
+        {"429", 100, 30, "longer than retry_cap_ms"},
+    };
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        fake_reset();
+        fault("/api/", faults[i].mode, faults[i].count, faults[i].retry_after, -1);
+        o = run_in(
+            base, NULL,
+            (const char *const[]){"--config", cfgdir, "ask", "how many assets do we have?", NULL});
+        CHECK_MSG(o.code == 8, "%s: exit %d", faults[i].mode, o.code);
+        CHECK_MSG(strstr(o.out, faults[i].says) != NULL && strstr(o.out, "127.0.0.1") != NULL,
+                  "%s: %s%s", faults[i].mode, o.out, o.err);
+        out_free(&o);
+        o = run_in(
+            base, NULL,
+            (const char *const[]){"--config", cfgdir, "audit", "--json", "--since", "1h", NULL});
+        /* One JSON object per line; the last step_finished is this one. */
+        json_t *last = NULL;
+        for (const char *line = o.out; line && *line;) {
+            const char *nl = strchr(line, '\n');
+            size_t n = nl ? (size_t)(nl - line) : strlen(line);
+            json_t *en = json_loadb(line, n, 0, NULL);
+            const char *ev = json_string_value(json_object_get(en, "event"));
+            if (ev && strcmp(ev, "step_finished") == 0) {
+                json_decref(last);
+                last = en;
+            } else {
+                json_decref(en);
+            }
+            line = nl ? nl + 1 : NULL;
+        }
+        const json_t *detail = json_object_get(last, "detail");
+        CHECK_MSG(last != NULL, "%s: no step_finished in the audit log", faults[i].mode);
+        CHECK_STR(json_string_value(json_object_get(detail, "state")), "failed");
+        char *d = json_dumps(detail, JSON_COMPACT);
+        CHECK_MSG(d && strstr(d, faults[i].says) != NULL, "%s: audit: %s", faults[i].mode,
+                  d ? d : "");
+        CHECK(d && strstr(d, "SECRET") == NULL);
+        free(d);
+        json_decref(last);
+        out_free(&o);
+    }
+    fake_reset();
     rm_tree(base);
 }
 
