@@ -431,15 +431,24 @@ static void test_sign_in(void)
     ws_close(w);
 }
 
+/* alice (requester) and bob (approver) signed in; false (both closed) when
+ * either could not be. */
+static bool alice_and_bob(struct ws **a, struct ws **b)
+{
+    *a = signed_in(alice_token, "alice");
+    *b = signed_in(bob_token, "bob");
+    if (*a && *b)
+        return true;
+    ws_close(*a);
+    ws_close(*b);
+    return false;
+}
+
 static void test_requests_and_approvals(void)
 {
-    struct ws *a = signed_in(alice_token, "alice");
-    struct ws *b = signed_in(bob_token, "bob");
-    if (!a || !b) {
-        ws_close(a);
-        ws_close(b);
+    struct ws *a, *b;
+    if (!alice_and_bob(&a, &b))
         return;
-    }
     CHECK(ws_send(a, "{\"type\":\"say\",\"id\":\"q1\",\"text\":\"how many assets do we have?\"}"));
     json_t *r = ws_expect(a, "reply");
     CHECK_STR(jstr(r, "in_reply_to"), "q1");
@@ -534,13 +543,9 @@ static bool you(const json_t *card, const char *what)
  * replayed; the audit trail of the request is there for its requester. */
 static void test_cards_live(void)
 {
-    struct ws *a = signed_in(alice_token, "alice");
-    struct ws *b = signed_in(bob_token, "bob");
-    if (!a || !b) {
-        ws_close(a);
-        ws_close(b);
+    struct ws *a, *b;
+    if (!alice_and_bob(&a, &b))
         return;
-    }
     CHECK(ws_send(a, "{\"type\":\"say\",\"id\":\"k1\",\"text\":\"restart nginx on localhost\"}"));
     json_t *r = ws_expect(a, "plan");
     json_t *card = json_object_get(r, "card");
@@ -668,13 +673,9 @@ static void test_cards_live(void)
  * the server's own job runner runs it and the card shows it completed. */
 static void test_background_job(void)
 {
-    struct ws *a = signed_in(alice_token, "alice");
-    struct ws *b = signed_in(bob_token, "bob");
-    if (!a || !b) {
-        ws_close(a);
-        ws_close(b);
+    struct ws *a, *b;
+    if (!alice_and_bob(&a, &b))
         return;
-    }
     CHECK(ws_send(
         a, "{\"type\":\"say\",\"id\":\"g1\",\"text\":\"deploy billing-api 1.2.3 on localhost\"}"));
     json_t *r = ws_expect(a, "plan");
