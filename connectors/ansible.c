@@ -39,30 +39,25 @@
  * temp, the tree and, for local targets, the "remote" temp: baton's own
  * home is never written to and parallel calls never share files.
  *
- * Threads: the state is read-only after ansible_new; every call has its own
- * directory, pipes, buffers and child, so several threads may invoke at
- * once. Descriptors are created close-on-exec; the child closes every
- * descriptor above 2 before execve. Each call waits only for its own pid.
- * Secrets and extra_env values are read with getenv when a step runs (so
- * they are never copied into the state); baton does not change its
- * environment after start-up, which is what makes that safe.
+ * ansible runs through proc.c, the runner the local connector uses too
+ * (own process group, stdin /dev/null, no inherited descriptors, the same
+ * deadlines); this file decides the argv, the environment and what the
+ * result says.
  *
- * The subprocess runner follows local.c's (same rules, same deadlines); it
- * is a copy rather than shared code so that local.c stays untouched.
+ * Threads: the state is read-only after ansible_new; every call has its own
+ * directory, argv, environment and run, so several threads may invoke at
+ * once. Secrets and extra_env values are read with getenv when a step runs
+ * (so they are never copied into the state); baton does not change its
+ * environment after start-up, which is what makes that safe.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "connectors/connectors.h"
@@ -75,15 +70,11 @@
 #define ANS_TIMEOUT_DEFAULT_S 30
 #define ANS_TIMEOUT_MAX_S 3600
 #define ANS_CONNECT_TIMEOUT_MAX_S 10 /* ssh/winrm connect, so "unreachable" beats the deadline */
-#define ANS_TERM_GRACE_MS 2000       /* SIGTERM to SIGKILL */
-#define ANS_REAP_MAX_MS 5000         /* after SIGKILL, how long we wait to reap */
-#define ANS_LINGER_MS 1000           /* after exit, how long we read pipes a grandchild holds */
 #define ANS_VALUE_MAX 1024
 #define ANS_ARGS_BYTES 65536 /* the rendered -a / -e JSON */
 #define ANS_TREE_DEPTH 4     /* nesting of args / extra_vars */
 #define ANS_TREE_NODES 256
 #define ANS_EXTRA_ENV_MAX 64
-#define ANS_CHUNK 65536
 #define ANS_ARGV_MAX 40
 
 struct ansible {
@@ -105,26 +96,6 @@ struct ansible {
 static bool is_alnum(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-/* Absolute, without "." or ".." components or empty ones, no control bytes. */
-static bool abs_path_ok(const char *p)
-{
-    if (!p || p[0] != '/' || strlen(p) > 4096)
-        return false;
-    for (const char *s = p; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
-    const char *seg = p + 1;
-    for (;;) {
-        const char *end = strchr(seg, '/');
-        size_t len = end ? (size_t)(end - seg) : strlen(seg);
-        if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
-            return false;
-        if (!end)
-            return true;
-        seg = end + 1;
-    }
 }
 
 /* An environment variable name: [A-Za-z_][A-Za-z0-9_]*, up to 128. */
@@ -241,13 +212,6 @@ static bool env_reserved(const char *s)
 
 /* ---- configuration --------------------------------------------------------- */
 
-static void free_strv(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 static void ansible_free(void *state)
 {
     struct ansible *a = state;
@@ -260,7 +224,7 @@ static void ansible_free(void *state)
     free(a->ssh_user);
     free(a->private_key_env);
     free(a->password_env);
-    free_strv(a->extra_env);
+    bt_connectors__strv_free(a->extra_env);
     free(a);
 }
 
@@ -273,7 +237,7 @@ static bool conf_path(const struct bt_connectors__where *w, const char *key, con
         *out = dflt ? bt_strdup(dflt) : NULL;
         return true;
     }
-    if (!json_is_string(v) || !abs_path_ok(json_string_value(v))) {
+    if (!json_is_string(v) || !bt_connectors__abs_path_ok(json_string_value(v))) {
         bt_connectors__diag(d, w->doc, w->conf, w->prefix, key,
                             "must be an absolute path like %s (no '.' or '..' parts)",
                             dflt ? dflt : "/etc/baton/playbooks");
@@ -744,293 +708,10 @@ static void rmtree(const char *dir)
 static const char *tmp_base(void)
 {
     const char *t = getenv("TMPDIR");
-    return t && abs_path_ok(t) && strlen(t) < 256 ? t : "/tmp";
-}
-
-/* ---- running a child (as local.c) ------------------------------------------- */
-
-struct stream {
-    int fd;
-    bt_buf buf;
-    bool truncated;
-};
-
-struct run {
-    struct stream out, err;
-    int status;       /* from waitpid, valid when reaped */
-    bool reaped;      /* the child is gone */
-    bool status_lost; /* ... but another waiter took its status */
-    bool timed_out;   /* the deadline passed and the group was signalled */
-    int exec_errno;   /* execve failed in the child with this errno */
-    int64_t elapsed;  /* ms */
-};
-
-static void close_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
-/* Descriptors the child dup2()s onto 0-2 must not be 0-2 themselves. */
-static int above_stdio(int fd)
-{
-    if (fd < 0 || fd > 2)
-        return fd;
-    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    close(fd);
-    return moved;
-}
-
-/* Between fork and execve: only async-signal-safe calls (another thread may
- * have held malloc's lock at fork). Never returns. */
-static void child_exec(int devnull, int outw, int errw, int exw, int fd_bound, const char *cwd,
-                       const char *path, char *const argv[], char *const envp[])
-{
-    /* Own process group: a timeout signals ansible, its forks and the
-     * module processes (all in this group for local targets) at once. */
-    setpgid(0, 0);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; s++)
-        sigaction(s, &dfl, NULL);
-    if (dup2(devnull, 0) < 0 || dup2(outw, 1) < 0 || dup2(errw, 2) < 0)
-        _exit(127);
-    if (exw != 3 && dup3(exw, 3, O_CLOEXEC) < 0)
-        _exit(127);
-    if (close_range(4, ~0U, 0) != 0)
-        for (int fd = 4; fd < fd_bound; fd++)
-            close(fd);
-    /* The private directory: ansible reads ./ansible.cfg, and this one is
-     * empty and ours (0700), so no stray config is picked up. */
-    if (chdir(cwd) != 0)
-        _exit(127);
-    execve(path, argv, envp);
-    int e = errno;
-    ssize_t wr = write(3, &e, sizeof e);
-    (void)wr;
-    _exit(127);
-}
-
-/* Keep up to max bytes, drop the rest (the child must never block on a full
- * pipe because we stopped reading). */
-static void drain(struct stream *s, size_t max, char *chunk)
-{
-    ssize_t n = read(s->fd, chunk, ANS_CHUNK);
-    if (n > 0) {
-        size_t room = max > s->buf.len ? max - s->buf.len : 0;
-        size_t keep = (size_t)n < room ? (size_t)n : room;
-        if (keep)
-            bt_buf_append(&s->buf, chunk, keep);
-        if (keep < (size_t)n)
-            s->truncated = true;
-    } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        close_fd(&s->fd);
-    }
-}
-
-static void signal_group(pid_t pid, int sig)
-{
-    if (kill(-pid, sig) != 0)
-        kill(pid, sig);
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/*
- * Run path with argv/envp in cwd, stdin /dev/null, stdout and stderr
- * captured (each capped at max bytes), at most timeout_ms; fills r. BT_OK
- * when the child was started. Bounded like local.c's run_child: deadline,
- * SIGTERM to the group, +2 s SIGKILL, +5 s give up; after exit, pipes a
- * leftover holds are read for ANS_LINGER_MS more.
- */
-static enum bt_err run_child(const char *cwd, const char *path, char *const argv[],
-                             char *const envp[], int64_t timeout_ms, size_t max, struct run *r,
-                             char *err, size_t errlen)
-{
-    memset(r, 0, sizeof *r);
-    r->out.fd = r->err.fd = -1;
-    r->out.buf = (bt_buf)BT_BUF_INIT(max + 1);
-    r->err.buf = (bt_buf)BT_BUF_INIT(max + 1);
-    int outp[2] = {-1, -1}, errp[2] = {-1, -1}, exe[2] = {-1, -1};
-    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull < 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 ||
-        pipe2(exe, O_CLOEXEC) != 0) {
-        char ebuf[128];
-        bt_fmt(err, errlen, "cannot create pipes for ansible: %s",
-               strerror_r(errno, ebuf, sizeof ebuf));
-        close_fd(&devnull);
-        for (int i = 0; i < 2; i++) {
-            close_fd(&outp[i]);
-            close_fd(&errp[i]);
-            close_fd(&exe[i]);
-        }
-        return BT_ECONNECTOR;
-    }
-    devnull = above_stdio(devnull);
-    outp[1] = above_stdio(outp[1]);
-    errp[1] = above_stdio(errp[1]);
-    exe[1] = above_stdio(exe[1]);
-    fcntl(outp[0], F_SETFL, O_NONBLOCK);
-    fcntl(errp[0], F_SETFL, O_NONBLOCK);
-    struct rlimit rl;
-    int fd_bound = 65536;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t)fd_bound)
-        fd_bound = (int)rl.rlim_cur;
-
-    int64_t start = bt_mono_ms();
-    pid_t pid = devnull >= 0 && outp[1] >= 0 && errp[1] >= 0 && exe[1] >= 0 ? fork() : -1;
-    if (pid == 0)
-        child_exec(devnull, outp[1], errp[1], exe[1], fd_bound, cwd, path, argv, envp);
-    int fork_errno = errno;
-    if (pid > 0)
-        setpgid(pid, pid); /* the group exists before we might signal it */
-    close_fd(&devnull);
-    close_fd(&outp[1]);
-    close_fd(&errp[1]);
-    close_fd(&exe[1]);
-    if (pid < 0) {
-        char ebuf[128];
-        bt_fmt(err, errlen, "cannot start %s: %s", path, strerror_r(fork_errno, ebuf, sizeof ebuf));
-        close_fd(&outp[0]);
-        close_fd(&errp[0]);
-        close_fd(&exe[0]);
-        return BT_ECONNECTOR;
-    }
-    r->out.fd = outp[0];
-    r->err.fd = errp[0];
-    int exfd = exe[0];
-
-    char *chunk = bt_malloc(ANS_CHUNK);
-    int64_t deadline = start + timeout_ms;
-    int64_t kill_at = 0, give_up_at = 0, linger_until = 0;
-    bool term_sent = false, kill_sent = false;
-    int idle_ms = 1;
-    for (;;) {
-        int64_t now = bt_mono_ms();
-        if (!r->reaped) {
-            pid_t w = waitpid(pid, &r->status, WNOHANG);
-            if (w == pid || (w < 0 && errno == ECHILD)) {
-                r->status_lost = w < 0;
-                r->reaped = true;
-                linger_until = now + ANS_LINGER_MS;
-            }
-        }
-        bool pipes_open = r->out.fd >= 0 || r->err.fd >= 0 || exfd >= 0;
-        if (r->reaped && (!pipes_open || now >= linger_until))
-            break;
-        int64_t next = linger_until;
-        if (!r->reaped) {
-            if (!term_sent && now >= deadline) {
-                r->timed_out = term_sent = true;
-                signal_group(pid, SIGTERM);
-                kill_at = now + ANS_TERM_GRACE_MS;
-            } else if (term_sent && !kill_sent && now >= kill_at) {
-                kill_sent = true;
-                signal_group(pid, SIGKILL);
-                give_up_at = now + ANS_REAP_MAX_MS;
-            } else if (kill_sent && now >= give_up_at) {
-                break;
-            }
-            next = !term_sent ? deadline : !kill_sent ? kill_at : give_up_at;
-        }
-        int64_t wait = next - now;
-        if (wait > 100)
-            wait = 100;
-        if (wait < 0)
-            wait = 0;
-        if (!pipes_open) {
-            sleep_ms(idle_ms < wait ? idle_ms : (int)wait);
-            if (idle_ms < 64)
-                idle_ms *= 2;
-            continue;
-        }
-        struct pollfd pfd[3];
-        struct stream *which[3];
-        nfds_t n = 0;
-        if (r->out.fd >= 0) {
-            pfd[n] = (struct pollfd){r->out.fd, POLLIN, 0};
-            which[n++] = &r->out;
-        }
-        if (r->err.fd >= 0) {
-            pfd[n] = (struct pollfd){r->err.fd, POLLIN, 0};
-            which[n++] = &r->err;
-        }
-        if (exfd >= 0) {
-            pfd[n] = (struct pollfd){exfd, POLLIN, 0};
-            which[n++] = NULL;
-        }
-        int pr = poll(pfd, n, (int)wait);
-        if (pr <= 0)
-            continue;
-        for (nfds_t i = 0; i < n; i++) {
-            if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
-                continue;
-            if (which[i]) {
-                drain(which[i], max, chunk);
-                continue;
-            }
-            int e = 0;
-            ssize_t got = read(exfd, &e, sizeof e);
-            if (got == (ssize_t)sizeof e)
-                r->exec_errno = e;
-            if (got >= 0 || errno != EINTR)
-                close_fd(&exfd);
-        }
-    }
-    free(chunk);
-    close_fd(&r->out.fd);
-    close_fd(&r->err.fd);
-    close_fd(&exfd);
-    r->elapsed = bt_mono_ms() - start;
-    if (!r->reaped) {
-        bt_fmt(err, errlen, "%s did not exit even after SIGKILL (pid %ld)", path, (long)pid);
-        return BT_ECONNECTOR;
-    }
-    return BT_OK;
+    return t && bt_connectors__abs_path_ok(t) && strlen(t) < 256 ? t : "/tmp";
 }
 
 /* ---- the result ------------------------------------------------------------- */
-
-/* Bytes as a JSON string, at most max of them: invalid UTF-8 and NULs become
- * '?'; a cut never splits a character. Sets *cut when bytes were dropped. */
-static json_t *output_string(const char *s, size_t n, size_t max, bool *cut)
-{
-    char *copy = bt_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80                   ? 1
-                     : (c >= 0xC2 && c <= 0xDF) ? 2
-                     : (c >= 0xE0 && c <= 0xEF) ? 3
-                     : (c >= 0xF0 && c <= 0xF4) ? 4
-                                                : 0;
-        bool bad = len == 0 || i + len > n || !bt_utf8_valid(s + i, len) || c == 0;
-        size_t w = bad ? 1 : len;
-        if (o + w > max) {
-            *cut = true;
-            break;
-        }
-        if (bad)
-            copy[o] = '?';
-        else
-            memcpy(copy + o, s + i, len);
-        o += w;
-        i += w;
-    }
-    json_t *str = json_stringn(copy, o);
-    free(copy);
-    return str ? str : json_string("");
-}
 
 /* The first non-blank line of s for a message: at most 200 bytes of
  * printable ASCII ('?' for anything else). */
@@ -1055,17 +736,6 @@ static void error_line(const bt_buf *b, char *out, size_t outlen)
         first_line(e, b->len - (size_t)(e - s), out, outlen);
     else
         first_line(s, b->len, out, outlen);
-}
-
-static long tool_long(const json_t *tool, const char *key, long dflt, long min, long max)
-{
-    json_t *v = json_object_get(tool, key);
-    long n = dflt;
-    if (json_is_integer(v))
-        n = (long)json_integer_value(v);
-    else if (json_is_string(v) && !bt_parse_long(json_string_value(v), min, max, &n))
-        n = dflt;
-    return n < min ? min : n > max ? max : n;
 }
 
 /* From the PLAY RECAP line of `host` ("host : ok=2 changed=1 ..."): the
@@ -1107,7 +777,7 @@ static json_t *module_text(const json_t *res, size_t max, bool *cut)
     if (!s)
         s = json_string_value(json_object_get(res, "msg"));
     if (s)
-        return output_string(s, strlen(s), max, cut);
+        return bt_connectors__output_json(s, strlen(s), max, 0, cut);
     json_t *copy = json_deep_copy(res);
     static const char *const noise[] = {
         "ansible_facts", "stdout_lines", "stderr_lines", "invocation", "changed", "failed", NULL};
@@ -1115,7 +785,8 @@ static json_t *module_text(const json_t *res, size_t max, bool *cut)
         json_object_del(copy, noise[i]);
     char *dump = copy ? json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(copy);
-    json_t *out = output_string(dump ? dump : "", dump ? strlen(dump) : 0, max, cut);
+    json_t *out =
+        bt_connectors__output_json(dump ? dump : "", dump ? strlen(dump) : 0, max, 0, cut);
     free(dump);
     return out;
 }
@@ -1168,7 +839,7 @@ static enum bt_err child_env(const struct call *c, long connect_timeout_s, char 
     const char *key = NULL;
     if (strcmp(c->conn, "ssh") == 0 && a->private_key_env) {
         key = getenv(a->private_key_env);
-        if (!key || !abs_path_ok(key)) {
+        if (!key || !bt_connectors__abs_path_ok(key)) {
             bt_fmt(err, errlen,
                    "connector '%s': environment variable %s (private_key_env) must hold the "
                    "absolute path of a key file",
@@ -1359,7 +1030,7 @@ static enum bt_err build_call(struct call *c, const json_t *tool, const json_t *
 static void call_free(struct call *c)
 {
     free_args(&c->argv);
-    free_strv(c->envp);
+    bt_connectors__strv_free(c->envp);
     if (c->dir)
         rmtree(c->dir);
     free(c->dir);
@@ -1491,8 +1162,8 @@ struct outcome {
 
 /* The step's result object (shaped like the local runner's, plus changed,
  * failed, unreachable, module or playbook, host, rc). Fills o. */
-static json_t *build_result(const struct call *c, const struct run *r, const json_t *mod,
-                            size_t max, struct outcome *o)
+static json_t *build_result(const struct call *c, const struct bt_connectors__run *r,
+                            const json_t *mod, size_t max, struct outcome *o)
 {
     json_t *res = json_object();
     json_t *argv_json = json_array();
@@ -1536,32 +1207,35 @@ static json_t *build_result(const struct call *c, const struct run *r, const jso
      * module's is the module's own output. */
     if (c->playbook || !mod) {
         o->cut |= r->out.truncated;
-        json_object_set_new(res, "stdout",
-                            output_string(out->data ? out->data : "", out->len, max, &o->cut));
+        json_object_set_new(
+            res, "stdout",
+            bt_connectors__output_json(out->data ? out->data : "", out->len, max, 0, &o->cut));
     } else {
         json_object_set_new(res, "stdout", module_text(mod, max, &o->cut));
     }
     if (mod && !c->playbook) {
         const char *s = o->mod_err ? o->mod_err : "";
-        json_object_set_new(res, "stderr", output_string(s, strlen(s), max, &o->cut));
+        json_object_set_new(res, "stderr",
+                            bt_connectors__output_json(s, strlen(s), max, 0, &o->cut));
     } else {
         o->cut |= r->err.truncated;
-        json_object_set_new(res, "stderr",
-                            output_string(err->data ? err->data : "", err->len, max, &o->cut));
+        json_object_set_new(
+            res, "stderr",
+            bt_connectors__output_json(err->data ? err->data : "", err->len, max, 0, &o->cut));
     }
     json_object_set_new(res, "changed", json_boolean(o->changed));
     json_object_set_new(res, "failed", json_boolean(o->failed));
     json_object_set_new(res, "unreachable", json_boolean(o->unreachable));
     json_object_set_new(res, "truncated", json_boolean(o->cut));
     json_object_set_new(res, "timed_out", json_boolean(r->timed_out));
-    json_object_set_new(res, "duration_ms", json_integer(r->elapsed));
+    json_object_set_new(res, "duration_ms", json_integer(r->elapsed_ms));
     return res;
 }
 
 /* The step's error code and message. Messages name the module or playbook
  * and the host, and quote ansible's words (msg, the first line of stderr). */
-static enum bt_err explain(const struct call *c, const struct run *r, const struct outcome *o,
-                           long timeout_s, char *err, size_t errlen)
+static enum bt_err explain(const struct call *c, const struct bt_connectors__run *r,
+                           const struct outcome *o, long timeout_s, char *err, size_t errlen)
 {
     char line[256], mline[256];
     first_line(o->msg ? o->msg : "", o->msg ? strlen(o->msg) : 0, mline, sizeof mline);
@@ -1652,9 +1326,10 @@ static enum bt_err ansible_invoke(void *state, const json_t *tool, const json_t 
         call_free(&c);
         return e;
     }
-    long timeout_s = tool_long(tool, "timeout_s", ANS_TIMEOUT_DEFAULT_S, 1, ANS_TIMEOUT_MAX_S);
-    size_t max =
-        (size_t)tool_long(tool, "output_max", (long)c.a->output_max, 1, ANS_OUTPUT_MAX_LIMIT);
+    long timeout_s =
+        bt_connectors__tool_long(tool, "timeout_s", ANS_TIMEOUT_DEFAULT_S, 1, ANS_TIMEOUT_MAX_S);
+    size_t max = (size_t)bt_connectors__tool_long(tool, "output_max", (long)c.a->output_max, 1,
+                                                  ANS_OUTPUT_MAX_LIMIT);
     /* ssh/winrm connect within half the step's time (at most 10 s), so an
      * unreachable host is reported as such rather than as a timeout. */
     long connect_s = timeout_s / 2 < 1                           ? 1
@@ -1665,25 +1340,23 @@ static enum bt_err ansible_invoke(void *state, const json_t *tool, const json_t 
         return e;
     }
 
-    struct run r;
     c.argv.v[c.argv.n] = NULL;
-    e = run_child(c.dir, c.argv.v[0], c.argv.v, c.envp, (int64_t)timeout_s * 1000, max, &r, err,
-                  errlen);
+    /* The private directory is the working directory: ansible reads
+     * ./ansible.cfg, and this one is empty and ours (0700), so no stray
+     * config is picked up. */
+    struct bt_connectors__proc p = {c.argv.v[0], c.argv.v, c.envp, c.dir, (int64_t)timeout_s * 1000,
+                                    max,         "ansible"};
+    struct bt_connectors__run r;
+    e = bt_connectors__proc_run(&p, &r, err, errlen);
     if (e != BT_OK) {
-        bt_buf_free(&r.out.buf);
-        bt_buf_free(&r.err.buf);
+        bt_connectors__run_free(&r);
         call_free(&c);
         return e;
     }
     struct outcome o;
     memset(&o, 0, sizeof o);
-    o.code = -1;
-    if (WIFEXITED(r.status)) {
-        o.code = WEXITSTATUS(r.status);
-    } else if (WIFSIGNALED(r.status)) {
-        o.sig = WTERMSIG(r.status);
-        o.code = 128 + o.sig; /* the shell's convention, as the local runner */
-    }
+    o.code = r.exit_code;
+    o.sig = r.signal;
     /* The result file holds stdout twice (stdout and stdout_lines) plus JSON
      * escaping: allow for that, and fail cleanly beyond it. */
     size_t limit = max * 4 + 65536;
@@ -1694,8 +1367,7 @@ static enum bt_err ansible_invoke(void *state, const json_t *tool, const json_t 
     json_t *res = build_result(&c, &r, mod, max, &o);
     e = explain(&c, &r, &o, timeout_s, err, errlen);
     json_decref(mod); /* o's borrowed strings die here */
-    bt_buf_free(&r.out.buf);
-    bt_buf_free(&r.err.buf);
+    bt_connectors__run_free(&r);
     call_free(&c);
     *result = res;
     return e;

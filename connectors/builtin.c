@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,7 +37,6 @@
 #define BUILTIN_QUERY_MAX 10000
 #define BUILTIN_TCP_DEFAULT_S 5
 #define BUILTIN_TCP_MAX_S 30
-#define BUILTIN_LIST_NAMES 10
 
 struct builtin {
     char *name;
@@ -155,199 +153,14 @@ static enum bt_err store_error(enum bt_err e, const char *serr, char *err, size_
     return BT_ECONNECTOR;
 }
 
-/* ---- filters ---------------------------------------------------------------- */
-
-static const char *const string_filters[] = {
-    "os",  "environment",   "role", "status", "datacenter", "connection",
-    "tag", "name_contains", "ip",   "host",   NULL,
-};
-static const char *const number_filters[] = {"min_ram_gb", "max_ram_gb", "min_cpu",
-                                             "limit",      "offset",     NULL};
-
-static bool in_list(const char *const *list, const char *s)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
-/* Copy a user-supplied value into a message: printable ASCII, at most 64. */
-static void shown(const char *s, char *out, size_t outlen)
-{
-    size_t o = 0;
-    for (; *s && o + 1 < outlen && o < 64; s++) {
-        char c = '?'; /* printable ASCII only */
-        if (*s >= 0x20 && *s < 0x7f)
-            c = *s;
-        out[o++] = c;
-    }
-    out[o] = '\0';
-}
-
-/* Build a store filter from the step's inputs. Null values are skipped;
- * paging keys are dropped unless paging. *out is new. */
-static enum bt_err make_filter(const json_t *inputs, bool paging, json_t **out, char *err,
-                               size_t errlen)
-{
-    json_t *f = json_object();
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)inputs, key, v)
-    {
-        if (json_is_null(v))
-            continue;
-        if (in_list(string_filters, key)) {
-            if (!json_is_string(v) || json_string_length(v) == 0) {
-                bt_fmt(err, errlen, "filter '%s' must be a non-empty string", key);
-                json_decref(f);
-                return BT_EINVAL;
-            }
-            /* A copy: the caller's inputs are only borrowed. */
-            json_object_set_new(f, key, json_stringn(json_string_value(v), json_string_length(v)));
-        } else if (in_list(number_filters, key)) {
-            if (!paging && (strcmp(key, "limit") == 0 || strcmp(key, "offset") == 0))
-                continue;
-            long n = 0;
-            if (json_is_integer(v) && json_integer_value(v) >= 0 &&
-                json_integer_value(v) <= 1000000000)
-                n = (long)json_integer_value(v);
-            else if (!json_is_string(v) ||
-                     !bt_parse_long(json_string_value(v), 0, 1000000000, &n)) {
-                char val[72];
-                shown(json_is_string(v) ? json_string_value(v) : "?", val, sizeof val);
-                bt_fmt(err, errlen, "filter '%s' must be a whole number, found '%s'", key, val);
-                json_decref(f);
-                return BT_EINVAL;
-            }
-            json_object_set_new(f, key, json_integer(n));
-        } else {
-            bt_fmt(err, errlen,
-                   "unknown filter '%s' (known: os, environment, role, status, datacenter, "
-                   "connection, tag, name_contains, ip, host, min_ram_gb, max_ram_gb, min_cpu)",
-                   key);
-            json_decref(f);
-            return BT_EINVAL;
-        }
-    }
-    *out = f;
-    return BT_OK;
-}
-
-/* "production Windows assets tagged pci in datacenter dc1": the filter in
- * words, around the noun `noun` (which the caller may pluralise). */
-static void describe(bt_buf *b, const json_t *f, const char *noun)
-{
-    const char *status = json_string_value(json_object_get(f, "status"));
-    const char *env = json_string_value(json_object_get(f, "environment"));
-    const char *os = json_string_value(json_object_get(f, "os"));
-    if (status)
-        bt_buf_printf(b, "%s ", status);
-    if (env)
-        bt_buf_printf(b, "%s ", env);
-    if (os)
-        bt_buf_printf(b, "%s ",
-                      strcasecmp(os, "windows") == 0 ? "Windows"
-                      : strcasecmp(os, "linux") == 0 ? "Linux"
-                                                     : os);
-    bt_buf_puts(b, noun);
-    const char *s;
-    if ((s = json_string_value(json_object_get(f, "role"))))
-        bt_buf_printf(b, " with role %s", s);
-    if ((s = json_string_value(json_object_get(f, "tag"))))
-        bt_buf_printf(b, " tagged %s", s);
-    if ((s = json_string_value(json_object_get(f, "datacenter"))))
-        bt_buf_printf(b, " in datacenter %s", s);
-    if ((s = json_string_value(json_object_get(f, "connection"))))
-        bt_buf_printf(b, " reached over %s", s);
-    if ((s = json_string_value(json_object_get(f, "name_contains"))))
-        bt_buf_printf(b, " whose name contains '%s'", s);
-    if ((s = json_string_value(json_object_get(f, "ip"))))
-        bt_buf_printf(b, " with IP %s%s", s, s[strlen(s) - 1] == '.' ? "*" : "");
-    if ((s = json_string_value(json_object_get(f, "host"))))
-        bt_buf_printf(b, " named %s", s);
-    json_t *n;
-    if ((n = json_object_get(f, "min_ram_gb")))
-        bt_buf_printf(b, " with at least %" JSON_INTEGER_FORMAT " GB of RAM",
-                      json_integer_value(n));
-    if ((n = json_object_get(f, "max_ram_gb")))
-        bt_buf_printf(b, " with at most %" JSON_INTEGER_FORMAT " GB of RAM", json_integer_value(n));
-    if ((n = json_object_get(f, "min_cpu")))
-        bt_buf_printf(b, " with at least %" JSON_INTEGER_FORMAT " CPUs", json_integer_value(n));
-}
-
-/* ---- count_assets ------------------------------------------------------------ */
-
-struct role_words {
-    const char *role, *one, *many;
-};
-
-static const struct role_words role_table[] = {
-    {"workstation", "workstation", "workstations"},
-    {"web", "web server", "web servers"},
-    {"database", "database server", "database servers"},
-    {"api", "API server", "API servers"},
-    {"cache", "cache server", "cache servers"},
-    {"monitoring", "monitoring server", "monitoring servers"},
-    {"ci", "CI server", "CI servers"},
-    {"backup", "backup server", "backup servers"},
-    {"directory", "directory server", "directory servers"},
-    {"loadbalancer", "load balancer", "load balancers"},
-    {"baton", "baton host", "baton hosts"},
-};
-
-/* "Windows workstations", "Linux web server": os and role for a count. */
-static char *kind_label(const char *os, const char *role, long long count)
-{
-    const char *os_word = strcasecmp(os, "windows") == 0 ? "Windows"
-                          : strcasecmp(os, "linux") == 0 ? "Linux"
-                                                         : os;
-    for (size_t i = 0; i < sizeof role_table / sizeof role_table[0]; i++)
-        if (strcasecmp(role_table[i].role, role) == 0)
-            return bt_asprintf("%s %s", os_word,
-                               count == 1 ? role_table[i].one : role_table[i].many);
-    return bt_asprintf("%s %s server%s", os_word, role, count == 1 ? "" : "s");
-}
-
-static int by_count_then_label(const void *pa, const void *pb)
-{
-    json_t *a = *(json_t *const *)pa, *b = *(json_t *const *)pb;
-    json_int_t ca = json_integer_value(json_object_get(a, "count"));
-    json_int_t cb = json_integer_value(json_object_get(b, "count"));
-    if (ca != cb)
-        return ca > cb ? -1 : 1;
-    return strcasecmp(json_string_value(json_object_get(a, "label")),
-                      json_string_value(json_object_get(b, "label")));
-}
-
-/* Label and order the per-kind counts the store computed. Steals groups. */
-static json_t *breakdown(json_t *groups)
-{
-    size_t n = json_array_size(groups);
-    json_t **items = bt_calloc(n ? n : 1, sizeof(json_t *));
-    for (size_t k = 0; k < n; k++) {
-        json_t *g = json_array_get(groups, k);
-        char *label = kind_label(json_string_value(json_object_get(g, "os")),
-                                 json_string_value(json_object_get(g, "role")),
-                                 json_integer_value(json_object_get(g, "count")));
-        json_object_set_new(g, "label", json_string(label));
-        free(label);
-        items[k] = json_incref(g);
-    }
-    qsort(items, n, sizeof(json_t *), by_count_then_label);
-    json_t *sorted = json_array();
-    for (size_t k = 0; k < n; k++)
-        json_array_append_new(sorted, items[k]);
-    free(items);
-    json_decref(groups);
-    return sorted;
-}
+/* ---- the asset questions -------------------------------------------------------
+ * The filters and the answers are assets_answer.c's; here, the store. */
 
 static enum bt_err op_count(bt_store *st, const json_t *inputs, json_t **result, char *err,
                             size_t errlen)
 {
     json_t *f = NULL;
-    enum bt_err e = make_filter(inputs, false, &f, err, errlen);
+    enum bt_err e = bt_connectors__assets_filter(inputs, false, false, &f, err, errlen);
     if (e != BT_OK)
         return e;
     /* One grouped query gives both the breakdown and the total. */
@@ -357,42 +170,15 @@ static enum bt_err op_count(bt_store *st, const json_t *inputs, json_t **result,
         json_decref(f);
         return store_error(e, serr, err, errlen);
     }
-    long long total = 0;
-    for (size_t k = 0; k < json_array_size(counts); k++)
-        total += json_integer_value(json_object_get(json_array_get(counts, k), "count"));
-    json_t *groups = breakdown(counts);
-
-    bt_buf text = BT_BUF_INIT(16384);
-    if (total == 0) {
-        bt_buf_puts(&text, "You have no ");
-        describe(&text, f, "assets");
-        bt_buf_puts(&text, ".");
-    } else {
-        bt_buf_printf(&text, "You have %lld ", total);
-        describe(&text, f, total == 1 ? "asset" : "assets");
-        for (size_t k = 0; k < json_array_size(groups); k++) {
-            json_t *g = json_array_get(groups, k);
-            bt_buf_printf(&text, "%s%" JSON_INTEGER_FORMAT " %s", k ? ", " : ": ",
-                          json_integer_value(json_object_get(g, "count")),
-                          json_string_value(json_object_get(g, "label")));
-        }
-        bt_buf_puts(&text, ".");
-    }
-    json_t *data =
-        json_pack("{s:I, s:o, s:o}", "total", (json_int_t)total, "breakdown", groups, "filter", f);
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", data, "text", t);
-    free(t);
+    *result = bt_connectors__assets_count_answer(counts, f, NULL);
     return BT_OK;
 }
-
-/* ---- list_assets -------------------------------------------------------------- */
 
 static enum bt_err op_list(bt_store *st, const json_t *inputs, json_t **result, char *err,
                            size_t errlen)
 {
     json_t *f = NULL;
-    enum bt_err e = make_filter(inputs, true, &f, err, errlen);
+    enum bt_err e = bt_connectors__assets_filter(inputs, true, false, &f, err, errlen);
     if (e != BT_OK)
         return e;
     json_t *assets = NULL;
@@ -404,44 +190,18 @@ static enum bt_err op_list(bt_store *st, const json_t *inputs, json_t **result, 
         json_decref(f);
         return store_error(e, serr, err, errlen);
     }
-    size_t n = json_array_size(assets);
-    bt_buf text = BT_BUF_INIT(16384);
-    if (n == 0) {
-        bt_buf_puts(&text, "No ");
-        describe(&text, f, "assets");
-        bt_buf_puts(&text, " in the inventory.");
-    } else {
-        bt_buf_printf(&text, "%zu ", n);
-        describe(&text, f, n == 1 ? "asset" : "assets");
-        if ((long long)n < total)
-            bt_buf_printf(&text, " (of %lld)", total);
-        for (size_t i = 0; i < n && i < BUILTIN_LIST_NAMES; i++)
-            bt_buf_printf(&text, "%s%s", i ? ", " : ": ",
-                          json_string_value(json_object_get(json_array_get(assets, i), "name")));
-        if (n > BUILTIN_LIST_NAMES)
-            bt_buf_printf(&text, " and %zu more", n - BUILTIN_LIST_NAMES);
-        bt_buf_puts(&text, ".");
-    }
+    *result = bt_connectors__assets_list_answer(assets, total, f, NULL);
     json_decref(f);
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", assets, "text", t);
-    free(t);
     return BT_OK;
 }
-
-/* ---- get_asset ---------------------------------------------------------------- */
 
 static enum bt_err op_get(bt_store *st, const json_t *inputs, const json_t *target, json_t **result,
                           char *err, size_t errlen)
 {
     char num[32];
-    const char *host = bt_connectors__input_str(inputs, "host", num, sizeof num);
+    const char *host = bt_connectors__asset_wanted(inputs, target, num, sizeof num, err, errlen);
     if (!host)
-        host = json_string_value(json_object_get(target, "name"));
-    if (!host || !*host) {
-        bt_fmt(err, errlen, "which asset? give its name, host name or IP address (input 'host')");
         return BT_EINVAL;
-    }
     json_t *f = json_pack("{s:s, s:i}", "host", host, "limit", 2);
     json_t *assets = NULL;
     char serr[BT_ERRLEN];
@@ -450,49 +210,12 @@ static enum bt_err op_get(bt_store *st, const json_t *inputs, const json_t *targ
     if (e != BT_OK)
         return store_error(e, serr, err, errlen);
     if (json_array_size(assets) == 0) {
-        char h[72];
-        shown(host, h, sizeof h);
-        bt_fmt(err, errlen, "no asset named '%s' in the inventory", h);
         json_decref(assets);
-        return BT_EINVAL;
+        return bt_connectors__asset_unknown(host, err, errlen);
     }
     json_t *a = json_incref(json_array_get(assets, 0));
     json_decref(assets);
-
-    bt_buf text = BT_BUF_INIT(8192);
-    const char *fields[] = {"name",        "hostname", "ip",   "os",         "os_version",
-                            "environment", "status",   "role", "datacenter", "connection"};
-    const char *v[sizeof fields / sizeof fields[0]];
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        v[i] = json_string_value(json_object_get(a, fields[i]));
-        v[i] = v[i] ? v[i] : "?";
-    }
-    /* "Linux Debian 12 web server": the OS word, unless the version already
-     * says it ("Windows 11 Pro"), then the version and the kind. */
-    char *kind = kind_label(v[3], v[7], 1);
-    const char *kind_rest = strchr(kind, ' ');
-    size_t os_len = kind_rest ? (size_t)(kind_rest - kind) : strlen(kind);
-    bool version_says_os = strncasecmp(v[4], kind, os_len) == 0;
-    bt_buf_printf(&text, "%s (%s, %s): %.*s%s%s%s, %s, %s, datacenter %s", v[0], v[1], v[2],
-                  version_says_os ? 0 : (int)os_len, kind, version_says_os ? "" : " ", v[4],
-                  kind_rest ? kind_rest : "", v[5], v[6], v[8]);
-    bt_buf_printf(&text,
-                  ", %" JSON_INTEGER_FORMAT " CPUs, %" JSON_INTEGER_FORMAT " GB RAM, connection %s",
-                  json_integer_value(json_object_get(a, "cpu")),
-                  json_integer_value(json_object_get(a, "ram_gb")), v[9]);
-    free(kind);
-    json_t *services = json_object_get(a, "services");
-    for (size_t i = 0; i < json_array_size(services); i++)
-        bt_buf_printf(&text, "%s%s",
-                      i ? ", " : "; services: ", json_string_value(json_array_get(services, i)));
-    json_t *tags = json_object_get(a, "tags");
-    for (size_t i = 0; i < json_array_size(tags); i++)
-        bt_buf_printf(&text, "%s%s",
-                      i ? ", " : "; tags: ", json_string_value(json_array_get(tags, i)));
-    bt_buf_puts(&text, ".");
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", a, "text", t);
-    free(t);
+    *result = bt_connectors__asset_answer(a);
     return BT_OK;
 }
 
@@ -569,7 +292,7 @@ static enum bt_err op_tcp(const json_t *tool, const json_t *inputs, const json_t
     struct in_addr addr;
     if (!address || inet_pton(AF_INET, address, &addr) != 1) {
         char a[72];
-        shown(address ? address : "", a, sizeof a);
+        bt_connectors__shown(address ? address : "", a, sizeof a);
         bt_fmt(err, errlen, "address must be an IPv4 address like 10.0.0.1, found '%s'", a);
         return BT_EINVAL;
     }
@@ -624,7 +347,7 @@ static enum bt_err builtin_invoke(void *state, const json_t *tool, const json_t 
     enum bt_err e;
     if (op && strcmp(op, "tcp_check") == 0) {
         e = op_tcp(tool, inputs, target, result, err, errlen);
-    } else if (op && in_list(builtin_ops, op)) {
+    } else if (op && bt_connectors__in_list(builtin_ops, op)) {
         bt_store *st = NULL;
         e = pool_take(b, &st, err, errlen);
         if (e == BT_OK) {

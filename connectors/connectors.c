@@ -117,6 +117,44 @@ const char *bt_connectors__input_str(const json_t *inputs, const char *name, cha
     return NULL;
 }
 
+bool bt_connectors__in_list(const char *const *list, const char *s)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+bool bt_connectors__abs_path_ok(const char *p)
+{
+    if (!p || p[0] != '/' || strlen(p) > 4096)
+        return false;
+    for (const char *s = p; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    const char *seg = p + 1;
+    for (;;) {
+        const char *end = strchr(seg, '/');
+        size_t len = end ? (size_t)(end - seg) : strlen(seg);
+        if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
+            return false;
+        if (!end)
+            return true;
+        seg = end + 1;
+    }
+}
+
+long bt_connectors__tool_long(const json_t *tool, const char *key, long dflt, long min, long max)
+{
+    json_t *v = json_object_get(tool, key);
+    long n = dflt;
+    if (json_is_integer(v))
+        n = (long)json_integer_value(v);
+    else if (json_is_string(v) && !bt_parse_long(json_string_value(v), min, max, &n))
+        n = dflt;
+    return n < min ? min : n > max ? max : n;
+}
+
 /* ---- the registry ------------------------------------------------------------ */
 
 static const struct bt_connectors__ops *find_type(const char *type)

@@ -69,6 +69,116 @@ bool bt_connectors__input_declared(const bt_yaml_doc *doc, const json_t *tool, c
 const char *bt_connectors__input_str(const json_t *inputs, const char *name, char *buf,
                                      size_t buflen);
 
+/* True when s is one of the strings of list (NULL-terminated). */
+bool bt_connectors__in_list(const char *const *list, const char *s);
+
+/* An absolute path without ".", ".." or empty components and without
+ * control bytes, at most 4096 bytes. False for NULL. */
+bool bt_connectors__abs_path_ok(const char *p);
+
+/* tool[key] as a number: an integer, or a string of digits within
+ * [min, max]; dflt when absent or unreadable. Clamped to [min, max]. */
+long bt_connectors__tool_long(const json_t *tool, const char *key, long dflt, long min, long max);
+
+/* ---- asset questions (assets_answer.c) ------------------------------------
+ * count_assets, list_assets and get_asset as the builtin connector (from
+ * the store) and the HTTP asset connectors (http, netbox) answer them: the
+ * same filter keys, result shapes and texts by construction. Answers are
+ * {data, text}; data is {total, breakdown[{os, role, count, label}], filter}
+ * for a count, the list of assets for a list, the asset for a get. */
+
+/* Copy a user-supplied value into a message: printable ASCII ('?' for
+ * anything else), at most 64 bytes. */
+void bt_connectors__shown(const char *s, char *out, size_t outlen);
+
+/* A store filter (bt_store_assets_query's keys) from a step's inputs
+ * (borrowed), into *out (new). Null values are skipped; limit and offset
+ * are dropped unless paging; numbers may arrive as strings of digits.
+ * limit_positive: a limit of 0 is refused. BT_EINVAL with err on a bad
+ * key or value. */
+enum bt_err bt_connectors__assets_filter(const json_t *inputs, bool paging, bool limit_positive,
+                                         json_t **out, char *err, size_t errlen);
+
+/* A count_assets answer (new reference). groups: one object {os, role,
+ * count} per kind of asset; steals it. filter: from
+ * bt_connectors__assets_filter; steals it. incomplete: NULL, or a note that
+ * not every asset was read (" (only the first ...)"): it ends the text,
+ * before the period, and data.truncated is set. */
+json_t *bt_connectors__assets_count_answer(json_t *groups, json_t *filter, const char *incomplete);
+
+/* A list_assets answer (new reference). assets: the page to answer with,
+ * sorted; steals it. total: how many matched in all. filter: borrowed.
+ * incomplete as for a count (text only). */
+json_t *bt_connectors__assets_list_answer(json_t *assets, long long total, const json_t *filter,
+                                          const char *incomplete);
+
+/* The asset a get_asset step asks about: input 'host' (digits go into buf),
+ * else the target's name. NULL with err set (the step's error is
+ * BT_EINVAL) when there is neither. */
+const char *bt_connectors__asset_wanted(const json_t *inputs, const json_t *target, char *buf,
+                                        size_t buflen, char *err, size_t errlen);
+
+/* "no asset named 'HOST' in the inventory" into err; returns BT_EINVAL. */
+enum bt_err bt_connectors__asset_unknown(const char *host, char *err, size_t errlen);
+
+/* A get_asset answer (new reference) for the baton asset a; steals a. */
+json_t *bt_connectors__asset_answer(json_t *a);
+
+/* ---- child processes (proc.c) ----------------------------------------------
+ * The runner the local and ansible connectors share. It only runs: which
+ * program may run, with which arguments and environment, and what the
+ * step's result says stay with the caller. Thread-safe: every call keeps its
+ * own pipes, buffers and child. */
+
+/* What to run. */
+struct bt_connectors__proc {
+    const char *path;   /* absolute; execve'd as it is */
+    char *const *argv;  /* NULL-terminated, argv[0] included (borrowed) */
+    char *const *envp;  /* the child's whole environment (borrowed) */
+    const char *cwd;    /* the child's working directory */
+    int64_t timeout_ms; /* then SIGTERM to its process group, 2 s later SIGKILL */
+    size_t output_max;  /* bytes kept of stdout, and of stderr; the rest is read and dropped */
+    const char *what;   /* names the program in "cannot create pipes for WHAT" */
+};
+
+/* One captured stream. */
+struct bt_connectors__capture {
+    bt_buf buf;     /* at most output_max bytes */
+    bool truncated; /* more came and was dropped */
+};
+
+/* What became of a run. */
+struct bt_connectors__run {
+    struct bt_connectors__capture out, err;
+    int exit_code;      /* the exit status; 128 + signal when killed by one; -1 otherwise */
+    int signal;         /* the signal that ended it, or 0 */
+    bool status_lost;   /* it ended, but another waiter took its status */
+    bool timed_out;     /* the deadline passed and the group was signalled */
+    int exec_errno;     /* execve failed in the child with this errno; 0 if not */
+    int64_t elapsed_ms; /* from fork until the pipes were given up */
+};
+
+/* Run p->path with argv and envp, stdin from /dev/null, in its own process
+ * group, with every descriptor above 2 closed, stdout and stderr captured.
+ * Fills r (always; release it with bt_connectors__run_free, whatever the
+ * result). Returns BT_OK when the child was started and reaped, whatever
+ * became of it (r says); BT_ECONNECTOR with err set when pipes could not be
+ * made, fork failed, or the child did not go even after SIGKILL. Blocks for
+ * at most timeout_ms plus about 8 s of grace. */
+enum bt_err bt_connectors__proc_run(const struct bt_connectors__proc *p,
+                                    struct bt_connectors__run *r, char *err, size_t errlen);
+void bt_connectors__run_free(struct bt_connectors__run *r);
+
+/* Free a NULL-terminated vector of strings (argv, envp); NULL is allowed. */
+void bt_connectors__strv_free(char **v);
+
+/* n bytes of program output as a new JSON string: bytes that are not valid
+ * UTF-8, and NULs, become '?', so any output can be shown and stored. At
+ * most max bytes (a cut never splits a character), and only the first
+ * max_lines lines when max_lines > 0; sets *cut when something was dropped
+ * (leaves it alone otherwise). */
+json_t *bt_connectors__output_json(const char *s, size_t n, size_t max, long max_lines, bool *cut);
+
 /* ---- circuit breaker (breaker.c) ------------------------------------------
  * One per configured connector, owned by the registry; the state machine is
  * described at the top of breaker.c. Thread-safe: all calls lock. */

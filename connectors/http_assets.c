@@ -15,8 +15,9 @@
  *
  * The operations are the builtin connector's: count_assets, list_assets and
  * get_asset, with the same filter keys, the same result shapes and the same
- * one-line texts, so a tool can move from the builtin inventory to a service
- * by changing its `connector:` and nothing else. Each service's records are
+ * one-line texts (assets_answer.c checks the filters and builds the answers
+ * for both), so a tool can move from the builtin inventory to a service by
+ * changing its `connector:` and nothing else. Each service's records are
  * mapped onto baton's asset fields (docs/connectors.md has the tables).
  *
  * Filters: what the service can apply is sent with the request, to keep
@@ -40,7 +41,6 @@
 #define ASSETS_PAGE 100       /* asked per page; a service may send fewer */
 #define ASSETS_LIST_DEFAULT 1000
 #define ASSETS_LIST_MAX 10000
-#define ASSETS_LIST_NAMES 10
 #define ASSETS_TIMEOUT_MAX_S 3600
 
 enum asset_api { API_OPSCONDUCTOR, API_NETBOX };
@@ -54,82 +54,6 @@ struct assets {
 static const char *const asset_ops[] = {"count_assets", "list_assets", "get_asset", NULL};
 
 /* ---- filters (the builtin connector's keys and meaning) ---------------------- */
-
-static const char *const string_filters[] = {
-    "os",  "environment",   "role", "status", "datacenter", "connection",
-    "tag", "name_contains", "ip",   "host",   NULL,
-};
-static const char *const number_filters[] = {"min_ram_gb", "max_ram_gb", "min_cpu",
-                                             "limit",      "offset",     NULL};
-
-static bool in_list(const char *const *list, const char *s)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
-/* Copy a user-supplied value into a message: printable ASCII, at most 64. */
-static void shown(const char *s, char *out, size_t outlen)
-{
-    size_t o = 0;
-    for (; *s && o + 1 < outlen && o < 64; s++)
-        out[o++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
-    out[o] = '\0';
-}
-
-/* The builtin connector's filter check, word for word in its messages. */
-static enum bt_err make_filter(const json_t *inputs, bool paging, json_t **out, char *err,
-                               size_t errlen)
-{
-    json_t *f = json_object();
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)inputs, key, v)
-    {
-        if (json_is_null(v))
-            continue;
-        if (in_list(string_filters, key)) {
-            if (!json_is_string(v) || json_string_length(v) == 0) {
-                bt_fmt(err, errlen, "filter '%s' must be a non-empty string", key);
-                json_decref(f);
-                return BT_EINVAL;
-            }
-            json_object_set_new(f, key, json_stringn(json_string_value(v), json_string_length(v)));
-        } else if (in_list(number_filters, key)) {
-            if (!paging && (strcmp(key, "limit") == 0 || strcmp(key, "offset") == 0))
-                continue;
-            long n = 0;
-            if (json_is_integer(v) && json_integer_value(v) >= 0 &&
-                json_integer_value(v) <= 1000000000)
-                n = (long)json_integer_value(v);
-            else if (!json_is_string(v) ||
-                     !bt_parse_long(json_string_value(v), 0, 1000000000, &n)) {
-                char val[72];
-                shown(json_is_string(v) ? json_string_value(v) : "?", val, sizeof val);
-                bt_fmt(err, errlen, "filter '%s' must be a whole number, found '%s'", key, val);
-                json_decref(f);
-                return BT_EINVAL;
-            }
-            if (strcmp(key, "limit") == 0 && n == 0) {
-                bt_fmt(err, errlen, "filter 'limit' must be a positive whole number");
-                json_decref(f);
-                return BT_EINVAL;
-            }
-            json_object_set_new(f, key, json_integer(n));
-        } else {
-            bt_fmt(err, errlen,
-                   "unknown filter '%s' (known: os, environment, role, status, datacenter, "
-                   "connection, tag, name_contains, ip, host, min_ram_gb, max_ram_gb, min_cpu)",
-                   key);
-            json_decref(f);
-            return BT_EINVAL;
-        }
-    }
-    *out = f;
-    return BT_OK;
-}
 
 static const char *fstr(const json_t *f, const char *key)
 {
@@ -196,89 +120,6 @@ static bool matches(const json_t *a, const json_t *f)
     if ((n = json_object_get(f, "min_cpu")) && cpu < json_integer_value(n))
         return false;
     return true;
-}
-
-/* ---- the builtin connector's wording ------------------------------------------ */
-
-/* "production Windows assets tagged pci in datacenter dc1" (as builtin.c). */
-static void describe(bt_buf *b, const json_t *f, const char *noun)
-{
-    const char *status = fstr(f, "status");
-    const char *env = fstr(f, "environment");
-    const char *os = fstr(f, "os");
-    if (status)
-        bt_buf_printf(b, "%s ", status);
-    if (env)
-        bt_buf_printf(b, "%s ", env);
-    if (os)
-        bt_buf_printf(b, "%s ",
-                      strcasecmp(os, "windows") == 0 ? "Windows"
-                      : strcasecmp(os, "linux") == 0 ? "Linux"
-                                                     : os);
-    bt_buf_puts(b, noun);
-    const char *s;
-    if ((s = fstr(f, "role")))
-        bt_buf_printf(b, " with role %s", s);
-    if ((s = fstr(f, "tag")))
-        bt_buf_printf(b, " tagged %s", s);
-    if ((s = fstr(f, "datacenter")))
-        bt_buf_printf(b, " in datacenter %s", s);
-    if ((s = fstr(f, "connection")))
-        bt_buf_printf(b, " reached over %s", s);
-    if ((s = fstr(f, "name_contains")))
-        bt_buf_printf(b, " whose name contains '%s'", s);
-    if ((s = fstr(f, "ip")))
-        bt_buf_printf(b, " with IP %s%s", s, s[strlen(s) - 1] == '.' ? "*" : "");
-    if ((s = fstr(f, "host")))
-        bt_buf_printf(b, " named %s", s);
-    json_t *n;
-    if ((n = json_object_get(f, "min_ram_gb")))
-        bt_buf_printf(b, " with at least %" JSON_INTEGER_FORMAT " GB of RAM",
-                      json_integer_value(n));
-    if ((n = json_object_get(f, "max_ram_gb")))
-        bt_buf_printf(b, " with at most %" JSON_INTEGER_FORMAT " GB of RAM", json_integer_value(n));
-    if ((n = json_object_get(f, "min_cpu")))
-        bt_buf_printf(b, " with at least %" JSON_INTEGER_FORMAT " CPUs", json_integer_value(n));
-}
-
-struct role_words {
-    const char *role, *one, *many;
-};
-
-static const struct role_words role_table[] = {
-    {"workstation", "workstation", "workstations"},
-    {"web", "web server", "web servers"},
-    {"database", "database server", "database servers"},
-    {"api", "API server", "API servers"},
-    {"cache", "cache server", "cache servers"},
-    {"monitoring", "monitoring server", "monitoring servers"},
-    {"ci", "CI server", "CI servers"},
-    {"backup", "backup server", "backup servers"},
-    {"directory", "directory server", "directory servers"},
-    {"loadbalancer", "load balancer", "load balancers"},
-    {"baton", "baton host", "baton hosts"},
-};
-
-static char *kind_label(const char *os, const char *role, long long count)
-{
-    const char *os_word = strcasecmp(os, "windows") == 0 ? "Windows"
-                          : strcasecmp(os, "linux") == 0 ? "Linux"
-                                                         : os;
-    for (size_t i = 0; i < sizeof role_table / sizeof role_table[0]; i++)
-        if (strcasecmp(role_table[i].role, role) == 0)
-            return bt_asprintf("%s %s", os_word,
-                               count == 1 ? role_table[i].one : role_table[i].many);
-    return bt_asprintf("%s %s server%s", os_word, role, count == 1 ? "" : "s");
-}
-
-static int by_count_then_label(const void *pa, const void *pb)
-{
-    json_t *a = *(json_t *const *)pa, *b = *(json_t *const *)pb;
-    json_int_t ca = json_integer_value(json_object_get(a, "count"));
-    json_int_t cb = json_integer_value(json_object_get(b, "count"));
-    if (ca != cb)
-        return ca > cb ? -1 : 1;
-    return strcasecmp(fstr(a, "label"), fstr(b, "label"));
 }
 
 static int by_name(const void *pa, const void *pb)
@@ -587,7 +428,7 @@ static enum bt_err fetch_opsconductor(struct assets *s, const json_t *f, struct 
             char detail[200];
             const char *m = str_or(json_object_get(r.body, "message"),
                                    str_or(json_object_get(r.body, "error"), "no reason given"));
-            shown(m, detail, sizeof detail);
+            bt_connectors__shown(m, detail, sizeof detail);
             bt_fmt(err, errlen, "%s reported a failure: %s", bt_connectors__http_label(s->http),
                    detail);
             e = BT_ECONNECTOR;
@@ -751,22 +592,33 @@ static enum bt_err fetch_all(struct assets *s, const json_t *tool, const json_t 
 
 /* ---- the operations ---------------------------------------------------------------- */
 
+/* The step's filter (new, into *f; paging: limit and offset kept) and
+ * every asset that matches it (fe). On failure neither is left to free. */
+static enum bt_err filter_and_fetch(struct assets *s, const json_t *tool, const json_t *inputs,
+                                    bool paging, json_t **f, struct fetch *fe, char *err,
+                                    size_t errlen)
+{
+    enum bt_err e = bt_connectors__assets_filter(inputs, paging, true, f, err, errlen);
+    if (e != BT_OK)
+        return e;
+    if ((e = fetch_all(s, tool, *f, false, fe, err, errlen)) != BT_OK) {
+        json_decref(*f);
+        *f = NULL;
+    }
+    return e;
+}
+
 static enum bt_err op_count(struct assets *s, const json_t *tool, const json_t *inputs,
                             json_t **result, char *err, size_t errlen)
 {
     json_t *f = NULL;
-    enum bt_err e = make_filter(inputs, false, &f, err, errlen);
+    struct fetch fe;
+    enum bt_err e = filter_and_fetch(s, tool, inputs, false, &f, &fe, err, errlen);
     if (e != BT_OK)
         return e;
-    struct fetch fe;
-    if ((e = fetch_all(s, tool, f, false, &fe, err, errlen)) != BT_OK) {
-        json_decref(f);
-        return e;
-    }
     /* Group by (os, role), ignoring case as the store does. */
     json_t *groups = json_array();
-    size_t total = json_array_size(fe.matched);
-    for (size_t i = 0; i < total; i++) {
+    for (size_t i = 0; i < json_array_size(fe.matched); i++) {
         json_t *a = json_array_get(fe.matched, i);
         const char *os = fstr(a, "os"), *role = fstr(a, "role");
         json_t *g = NULL;
@@ -782,39 +634,8 @@ static enum bt_err op_count(struct assets *s, const json_t *tool, const json_t *
             json_array_append_new(groups,
                                   json_pack("{s:s, s:s, s:i}", "os", os, "role", role, "count", 1));
     }
-    for (size_t k = 0; k < json_array_size(groups); k++) {
-        json_t *g = json_array_get(groups, k);
-        char *label = kind_label(fstr(g, "os"), fstr(g, "role"),
-                                 json_integer_value(json_object_get(g, "count")));
-        json_object_set_new(g, "label", json_string(label));
-        free(label);
-    }
-    sort_array(groups, by_count_then_label);
-
-    bt_buf text = BT_BUF_INIT(16384);
-    if (total == 0) {
-        bt_buf_puts(&text, "You have no ");
-        describe(&text, f, "assets");
-    } else {
-        bt_buf_printf(&text, "You have %zu ", total);
-        describe(&text, f, total == 1 ? "asset" : "assets");
-        for (size_t k = 0; k < json_array_size(groups); k++) {
-            json_t *g = json_array_get(groups, k);
-            bt_buf_printf(&text, "%s%" JSON_INTEGER_FORMAT " %s", k ? ", " : ": ",
-                          json_integer_value(json_object_get(g, "count")), fstr(g, "label"));
-        }
-    }
-    if (fe.truncated)
-        bt_buf_puts(&text, truncated_note);
-    bt_buf_puts(&text, ".");
-    json_t *data =
-        json_pack("{s:I, s:o, s:o}", "total", (json_int_t)total, "breakdown", groups, "filter", f);
-    if (fe.truncated)
-        json_object_set_new(data, "truncated", json_true());
     json_decref(fe.matched);
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", data, "text", t);
-    free(t);
+    *result = bt_connectors__assets_count_answer(groups, f, fe.truncated ? truncated_note : NULL);
     return BT_OK;
 }
 
@@ -822,14 +643,10 @@ static enum bt_err op_list(struct assets *s, const json_t *tool, const json_t *i
                            json_t **result, char *err, size_t errlen)
 {
     json_t *f = NULL;
-    enum bt_err e = make_filter(inputs, true, &f, err, errlen);
+    struct fetch fe;
+    enum bt_err e = filter_and_fetch(s, tool, inputs, true, &f, &fe, err, errlen);
     if (e != BT_OK)
         return e;
-    struct fetch fe;
-    if ((e = fetch_all(s, tool, f, false, &fe, err, errlen)) != BT_OK) {
-        json_decref(f);
-        return e;
-    }
     json_int_t limit = ASSETS_LIST_DEFAULT, offset = 0;
     if (json_object_get(f, "limit"))
         limit = json_integer_value(json_object_get(f, "limit"));
@@ -842,30 +659,9 @@ static enum bt_err op_list(struct assets *s, const json_t *tool, const json_t *i
     for (size_t i = (size_t)offset; i < total && (json_int_t)json_array_size(assets) < limit; i++)
         json_array_append(assets, json_array_get(fe.matched, i));
     json_decref(fe.matched);
-
-    size_t n = json_array_size(assets);
-    bt_buf text = BT_BUF_INIT(16384);
-    if (n == 0) {
-        bt_buf_puts(&text, "No ");
-        describe(&text, f, "assets");
-        bt_buf_puts(&text, " in the inventory");
-    } else {
-        bt_buf_printf(&text, "%zu ", n);
-        describe(&text, f, n == 1 ? "asset" : "assets");
-        if (n < total)
-            bt_buf_printf(&text, " (of %zu)", total);
-        for (size_t i = 0; i < n && i < ASSETS_LIST_NAMES; i++)
-            bt_buf_printf(&text, "%s%s", i ? ", " : ": ", fstr(json_array_get(assets, i), "name"));
-        if (n > ASSETS_LIST_NAMES)
-            bt_buf_printf(&text, " and %zu more", n - ASSETS_LIST_NAMES);
-    }
-    if (fe.truncated)
-        bt_buf_puts(&text, truncated_note);
-    bt_buf_puts(&text, ".");
+    *result = bt_connectors__assets_list_answer(assets, (long long)total, f,
+                                                fe.truncated ? truncated_note : NULL);
     json_decref(f);
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", assets, "text", t);
-    free(t);
     return BT_OK;
 }
 
@@ -900,13 +696,9 @@ static enum bt_err op_get(struct assets *s, const json_t *tool, const json_t *in
                           const json_t *target, json_t **result, char *err, size_t errlen)
 {
     char num[32];
-    const char *host = bt_connectors__input_str(inputs, "host", num, sizeof num);
+    const char *host = bt_connectors__asset_wanted(inputs, target, num, sizeof num, err, errlen);
     if (!host)
-        host = json_string_value(json_object_get(target, "name"));
-    if (!host || !*host) {
-        bt_fmt(err, errlen, "which asset? give its name, host name or IP address (input 'host')");
         return BT_EINVAL;
-    }
     json_t *f = json_pack("{s:s}", "host", host);
     struct fetch fe;
     enum bt_err e = fetch_all(s, tool, f, s->api == API_OPSCONDUCTOR, &fe, err, errlen);
@@ -914,11 +706,8 @@ static enum bt_err op_get(struct assets *s, const json_t *tool, const json_t *in
     if (e != BT_OK)
         return e;
     if (json_array_size(fe.matched) == 0) {
-        char h[72];
-        shown(host, h, sizeof h);
-        bt_fmt(err, errlen, "no asset named '%s' in the inventory", h);
         json_decref(fe.matched);
-        return BT_EINVAL;
+        return bt_connectors__asset_unknown(host, err, errlen);
     }
     json_t *a = json_incref(json_array_get(fe.matched, 0));
     json_decref(fe.matched);
@@ -928,48 +717,13 @@ static enum bt_err op_get(struct assets *s, const json_t *tool, const json_t *in
         /* The list may hold a summary; the record by id is the whole. */
         a = opsconductor_detail(s, id, a, fe.deadline, err, errlen, &e);
         json_decref(id);
-        if (e == BT_ENOENT) { /* deleted since the search */
-            char h[72];
-            shown(host, h, sizeof h);
-            bt_fmt(err, errlen, "no asset named '%s' in the inventory", h);
-            return BT_EINVAL;
-        }
+        if (e == BT_ENOENT) /* deleted since the search */
+            return bt_connectors__asset_unknown(host, err, errlen);
         if (e != BT_OK)
             return e;
     }
 
-    bt_buf text = BT_BUF_INIT(8192);
-    const char *fields[] = {"name",        "hostname", "ip",   "os",         "os_version",
-                            "environment", "status",   "role", "datacenter", "connection"};
-    const char *v[sizeof fields / sizeof fields[0]];
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        v[i] = fstr(a, fields[i]);
-        v[i] = v[i] ? v[i] : "?";
-    }
-    char *kind = kind_label(v[3], v[7], 1);
-    const char *kind_rest = strchr(kind, ' ');
-    size_t os_len = kind_rest ? (size_t)(kind_rest - kind) : strlen(kind);
-    bool version_says_os = strncasecmp(v[4], kind, os_len) == 0;
-    bt_buf_printf(&text, "%s (%s, %s): %.*s%s%s%s, %s, %s, datacenter %s", v[0], v[1], v[2],
-                  version_says_os ? 0 : (int)os_len, kind, version_says_os ? "" : " ", v[4],
-                  kind_rest ? kind_rest : "", v[5], v[6], v[8]);
-    bt_buf_printf(&text,
-                  ", %" JSON_INTEGER_FORMAT " CPUs, %" JSON_INTEGER_FORMAT " GB RAM, connection %s",
-                  json_integer_value(json_object_get(a, "cpu")),
-                  json_integer_value(json_object_get(a, "ram_gb")), v[9]);
-    free(kind);
-    json_t *services = json_object_get(a, "services");
-    for (size_t i = 0; i < json_array_size(services); i++)
-        bt_buf_printf(&text, "%s%s",
-                      i ? ", " : "; services: ", json_string_value(json_array_get(services, i)));
-    json_t *tags = json_object_get(a, "tags");
-    for (size_t i = 0; i < json_array_size(tags); i++)
-        bt_buf_printf(&text, "%s%s",
-                      i ? ", " : "; tags: ", json_string_value(json_array_get(tags, i)));
-    bt_buf_puts(&text, ".");
-    char *t = bt_buf_steal(&text);
-    *result = json_pack("{s:o, s:s}", "data", a, "text", t);
-    free(t);
+    *result = bt_connectors__asset_answer(a);
     return BT_OK;
 }
 
@@ -1007,7 +761,7 @@ static bool assets_check_tool(void *state, const bt_yaml_doc *doc, const json_t 
 {
     struct assets *s = state;
     const char *op = json_string_value(json_object_get(tool, "operation"));
-    if (op && in_list(asset_ops, op))
+    if (op && bt_connectors__in_list(asset_ops, op))
         return true;
     bt_connectors__tool_diag(d, doc, tool, "operation",
                              "unknown operation '%s' for connector '%s' (type %s knows: "

@@ -16,27 +16,20 @@
  * this is not about quoting; it keeps values from being read as options and
  * keeps odd bytes away from programs that may interpret them.
  *
- * Threads: the state is read-only after local_new, and every call keeps its
- * own pipes, buffers and child, so several threads may invoke at once. All
- * descriptors are created close-on-exec so a child started by another
- * thread at the same moment cannot inherit them.
+ * The command runs through proc.c (own process group, stdin /dev/null, no
+ * inherited descriptors, a deadline that stops the whole group); this file
+ * decides what may run, with which arguments and environment, and what the
+ * result says.
  *
- * Children: each call waits only for its own pid. A process that sets
- * SIGCHLD to SIG_IGN, or reaps with waitpid(-1), would take the exit status
- * away; baton does neither.
+ * Threads: the state is read-only after local_new, and every call keeps its
+ * own argv, environment and run, so several threads may invoke at once.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pwd.h>
-#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "connectors/connectors.h"
@@ -46,14 +39,10 @@
 #define LOCAL_OUTPUT_MAX_LIMIT (16L * 1024 * 1024)
 #define LOCAL_TIMEOUT_DEFAULT_S 30
 #define LOCAL_TIMEOUT_MAX_S 3600
-#define LOCAL_TERM_GRACE_MS 2000 /* SIGTERM to SIGKILL */
-#define LOCAL_REAP_MAX_MS 5000   /* after SIGKILL, how long we wait to reap */
-#define LOCAL_LINGER_MS 1000     /* after exit, how long we read pipes a grandchild holds */
 #define LOCAL_VALUE_MAX 1024
 #define LOCAL_ARGS_MAX 256
 #define LOCAL_ARG_BYTES 8192
 #define LOCAL_ALLOW_MAX 1024
-#define LOCAL_CHUNK 65536
 
 struct local_cmd {
     char *name;
@@ -81,26 +70,6 @@ static bool cmd_name_ok(const char *s)
             return false;
     }
     return true;
-}
-
-/* Absolute, without "." or ".." components or empty ones, no control bytes. */
-static bool abs_path_ok(const char *p)
-{
-    if (p[0] != '/' || strlen(p) > 4096)
-        return false;
-    for (const char *s = p; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
-    const char *seg = p + 1;
-    for (;;) {
-        const char *end = strchr(seg, '/');
-        size_t len = end ? (size_t)(end - seg) : strlen(seg);
-        if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
-            return false;
-        if (!end)
-            return true;
-        seg = end + 1;
-    }
 }
 
 static void local_free(void *state)
@@ -174,7 +143,7 @@ static void *local_new(const struct bt_connectors__where *w, const char *name,
             continue;
         }
         const char *path = json_string_value(v);
-        if (!path || !abs_path_ok(path)) {
+        if (!bt_connectors__abs_path_ok(path)) {
             /* Existence is checked when the command runs: the configuration
              * stays valid on a host where an optional tool is not installed. */
             bt_connectors__diag(d, w->doc, allow, prefix, key,
@@ -406,13 +375,6 @@ static enum bt_err expand_arg(const char *tmpl, const json_t *inputs, const char
     return BT_OK;
 }
 
-static void free_strv(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 /* The whole environment a child gets: nothing of baton's own (which may hold
  * tokens and passwords) is passed on. */
 static char **child_env(void)
@@ -431,328 +393,7 @@ static char **child_env(void)
     return env;
 }
 
-/* ---- running a child ------------------------------------------------------ */
-
-struct stream {
-    int fd;
-    bt_buf buf;
-    bool truncated;
-};
-
-struct run {
-    struct stream out, err;
-    int status;       /* from waitpid, valid when reaped */
-    bool reaped;      /* the child is gone */
-    bool status_lost; /* ... but another waiter took its status */
-    bool timed_out;   /* the deadline passed and the group was signalled */
-    int exec_errno;   /* execve failed in the child with this errno */
-    int64_t elapsed;  /* ms */
-};
-
-/* Descriptors the child dup2()s onto 0, 1 and 2 must not themselves be 0-2,
- * or one dup2 could overwrite another before it is used (possible when baton
- * runs with a standard stream closed). Moves fd to 3 or above. */
-static int above_stdio(int fd)
-{
-    if (fd < 0 || fd > 2)
-        return fd;
-    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    close(fd);
-    return moved;
-}
-
-/*
- * In the child between fork and execve. Another thread of baton may have held
- * a lock (malloc's, stdio's) at the moment of fork, so only async-signal-safe
- * calls are made here: everything (argv, envp, paths, the fd bound) was
- * prepared by the parent. Never returns.
- */
-static void child_exec(int devnull, int outw, int errw, int exw, int fd_bound, const char *path,
-                       char *const argv[], char *const envp[])
-{
-    /* Own process group, so a timeout can signal the command and anything it
-     * started in one kill(-pgid). */
-    setpgid(0, 0);
-    /* Signal state survives execve: a worker thread's blocked mask, or
-     * SIGPIPE ignored by the daemon, would change how the command behaves
-     * and could make it deaf to our SIGTERM. Start from the defaults. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; s++)
-        sigaction(s, &dfl, NULL); /* fails harmlessly for KILL, STOP, internal ones */
-    if (dup2(devnull, 0) < 0 || dup2(outw, 1) < 0 || dup2(errw, 2) < 0)
-        _exit(127);
-    /* Keep the exec-error pipe as fd 3 (close-on-exec, so a successful exec
-     * closes it and the parent reads EOF), close everything else: no socket,
-     * store file or pipe of another step leaks into the command. */
-    if (exw != 3 && dup3(exw, 3, O_CLOEXEC) < 0)
-        _exit(127);
-    if (close_range(4, ~0U, 0) != 0)
-        for (int fd = 4; fd < fd_bound; fd++)
-            close(fd);
-    if (chdir("/") != 0)
-        _exit(127);
-    execve(path, argv, envp);
-    int e = errno;
-    ssize_t wr = write(3, &e, sizeof e);
-    (void)wr;
-    _exit(127);
-}
-
-static void close_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
-/* Read what is available on s; keep up to max bytes, discard the rest (the
- * child must never block on a full pipe because we stopped reading). */
-static void drain(struct stream *s, size_t max, char *chunk)
-{
-    ssize_t n = read(s->fd, chunk, LOCAL_CHUNK);
-    if (n > 0) {
-        size_t room = max > s->buf.len ? max - s->buf.len : 0;
-        size_t keep = (size_t)n < room ? (size_t)n : room;
-        if (keep)
-            bt_buf_append(&s->buf, chunk, keep);
-        if (keep < (size_t)n)
-            s->truncated = true;
-    } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        close_fd(&s->fd);
-    }
-}
-
-/* Signal the command's process group; if the group is not there (the
- * child has not reached setpgid, which the parent's own setpgid makes
- * unlikely), the child itself. */
-static void signal_group(pid_t pid, int sig)
-{
-    if (kill(-pid, sig) != 0)
-        kill(pid, sig);
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/*
- * Run path with argv/envp, stdin from /dev/null, stdout and stderr captured
- * (each capped at max bytes), at most timeout_ms. Fills r. Returns BT_OK
- * when the child was started (whatever became of it), else an error.
- *
- * The loop ends when both pipes are closed and the child is reaped. Each
- * turn of the loop reads, or waits in poll() for at most 100 ms, and checks
- * the clock, so it is bounded by the deadline plus the grace periods:
- *   deadline       SIGTERM to the process group
- *   + 2 s          SIGKILL to the process group
- *   + 5 s          give up waiting (reported; never seen outside a hung kernel)
- * Once the child has exited, pipes still held open by something it started
- * are read for LOCAL_LINGER_MS more and then abandoned.
- */
-static enum bt_err run_child(const char *path, char *const argv[], char *const envp[],
-                             int64_t timeout_ms, size_t max, struct run *r, char *err,
-                             size_t errlen)
-{
-    memset(r, 0, sizeof *r);
-    r->out.fd = r->err.fd = -1;
-    r->out.buf = (bt_buf)BT_BUF_INIT(max + 1);
-    r->err.buf = (bt_buf)BT_BUF_INIT(max + 1);
-    int outp[2] = {-1, -1}, errp[2] = {-1, -1}, exe[2] = {-1, -1};
-    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    /* pipe2(O_CLOEXEC): created close-on-exec atomically, so a fork+exec in
-     * another thread between pipe() and fcntl() cannot inherit them. */
-    if (devnull < 0 || pipe2(outp, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 ||
-        pipe2(exe, O_CLOEXEC) != 0) {
-        char ebuf[128];
-        bt_fmt(err, errlen, "cannot create pipes for the command: %s",
-               strerror_r(errno, ebuf, sizeof ebuf));
-        close_fd(&devnull);
-        for (int i = 0; i < 2; i++) {
-            close_fd(&outp[i]);
-            close_fd(&errp[i]);
-            close_fd(&exe[i]);
-        }
-        return BT_ECONNECTOR;
-    }
-    devnull = above_stdio(devnull);
-    outp[1] = above_stdio(outp[1]);
-    errp[1] = above_stdio(errp[1]);
-    exe[1] = above_stdio(exe[1]);
-    /* Our read ends are non-blocking so a spurious wake-up never stalls the
-     * loop; the child's ends stay blocking (a full pipe makes it wait). */
-    fcntl(outp[0], F_SETFL, O_NONBLOCK);
-    fcntl(errp[0], F_SETFL, O_NONBLOCK);
-    struct rlimit rl;
-    int fd_bound = 65536;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t)fd_bound)
-        fd_bound = (int)rl.rlim_cur;
-
-    int64_t start = bt_mono_ms();
-    pid_t pid = devnull >= 0 && outp[1] >= 0 && errp[1] >= 0 && exe[1] >= 0 ? fork() : -1;
-    if (pid == 0)
-        child_exec(devnull, outp[1], errp[1], exe[1], fd_bound, path, argv, envp);
-    int fork_errno = errno;
-    /* Also set the group from the parent: whichever of the two runs first,
-     * the group exists before we might signal it. (Fails harmlessly once
-     * the child has exec'd.) */
-    if (pid > 0)
-        setpgid(pid, pid);
-    close_fd(&devnull);
-    close_fd(&outp[1]);
-    close_fd(&errp[1]);
-    close_fd(&exe[1]);
-    if (pid < 0) {
-        char ebuf[128];
-        bt_fmt(err, errlen, "cannot start %s: %s", path, strerror_r(fork_errno, ebuf, sizeof ebuf));
-        close_fd(&outp[0]);
-        close_fd(&errp[0]);
-        close_fd(&exe[0]);
-        return BT_ECONNECTOR;
-    }
-    r->out.fd = outp[0];
-    r->err.fd = errp[0];
-    int exfd = exe[0];
-
-    char *chunk = bt_malloc(LOCAL_CHUNK);
-    int64_t deadline = start + timeout_ms;
-    int64_t kill_at = 0, give_up_at = 0, linger_until = 0;
-    bool term_sent = false, kill_sent = false;
-    int idle_ms = 1;
-    for (;;) {
-        int64_t now = bt_mono_ms();
-        if (!r->reaped) {
-            pid_t w = waitpid(pid, &r->status, WNOHANG);
-            if (w == pid || (w < 0 && errno == ECHILD)) {
-                /* ECHILD: something else in the process reaped our child;
-                 * the command ended but its status is unknown. */
-                r->status_lost = w < 0;
-                r->reaped = true;
-                linger_until = now + LOCAL_LINGER_MS;
-            }
-        }
-        bool pipes_open = r->out.fd >= 0 || r->err.fd >= 0 || exfd >= 0;
-        if (r->reaped && (!pipes_open || now >= linger_until))
-            break;
-        int64_t next = linger_until;
-        if (!r->reaped) {
-            if (!term_sent && now >= deadline) {
-                r->timed_out = term_sent = true;
-                signal_group(pid, SIGTERM);
-                kill_at = now + LOCAL_TERM_GRACE_MS;
-            } else if (term_sent && !kill_sent && now >= kill_at) {
-                kill_sent = true;
-                signal_group(pid, SIGKILL);
-                give_up_at = now + LOCAL_REAP_MAX_MS;
-            } else if (kill_sent && now >= give_up_at) {
-                break;
-            }
-            next = !term_sent ? deadline : !kill_sent ? kill_at : give_up_at;
-        }
-        int64_t wait = next - now;
-        if (wait > 100)
-            wait = 100;
-        if (wait < 0)
-            wait = 0;
-        if (!pipes_open) {
-            /* The command closed its output but has not exited: check on it
-             * at growing intervals (1, 2, 4 ... 64 ms). */
-            sleep_ms(idle_ms < wait ? idle_ms : (int)wait);
-            if (idle_ms < 64)
-                idle_ms *= 2;
-            continue;
-        }
-        struct pollfd pfd[3];
-        struct stream *which[3];
-        nfds_t n = 0;
-        if (r->out.fd >= 0) {
-            pfd[n] = (struct pollfd){r->out.fd, POLLIN, 0};
-            which[n++] = &r->out;
-        }
-        if (r->err.fd >= 0) {
-            pfd[n] = (struct pollfd){r->err.fd, POLLIN, 0};
-            which[n++] = &r->err;
-        }
-        if (exfd >= 0) {
-            pfd[n] = (struct pollfd){exfd, POLLIN, 0};
-            which[n++] = NULL;
-        }
-        int pr = poll(pfd, n, (int)wait);
-        if (pr <= 0)
-            continue; /* timeout or EINTR: the clock is checked above */
-        for (nfds_t i = 0; i < n; i++) {
-            if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
-                continue;
-            if (which[i]) {
-                drain(which[i], max, chunk);
-                continue;
-            }
-            int e = 0;
-            ssize_t got = read(exfd, &e, sizeof e);
-            if (got == (ssize_t)sizeof e)
-                r->exec_errno = e;
-            if (got >= 0 || errno != EINTR)
-                close_fd(&exfd);
-        }
-    }
-    free(chunk);
-    /* Something the command started may still hold the pipes; we stop
-     * reading and leave it be. It is not signalled again: once the child is
-     * reaped its pid, and so the group id, could in principle belong to an
-     * unrelated process. */
-    close_fd(&r->out.fd);
-    close_fd(&r->err.fd);
-    close_fd(&exfd);
-    r->elapsed = bt_mono_ms() - start;
-    if (!r->reaped) {
-        bt_fmt(err, errlen, "%s did not exit even after SIGKILL (pid %ld)", path, (long)pid);
-        return BT_ECONNECTOR;
-    }
-    return BT_OK;
-}
-
 /* ---- the result ---------------------------------------------------------- */
-
-/* Output as a JSON string: bytes that are not valid UTF-8, and NULs, become
- * '?', so any program output can be shown and stored. Keeps only the first
- * max_lines lines when max_lines > 0 (sets *cut when some were dropped). */
-static json_t *output_string(const char *s, size_t n, long max_lines, bool *cut)
-{
-    char *copy = bt_malloc(n + 1);
-    size_t o = 0;
-    long lines = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80                   ? 1
-                     : (c >= 0xC2 && c <= 0xDF) ? 2
-                     : (c >= 0xE0 && c <= 0xEF) ? 3
-                     : (c >= 0xF0 && c <= 0xF4) ? 4
-                                                : 0;
-        if (len == 0 || i + len > n || !bt_utf8_valid(s + i, len) || c == 0) {
-            copy[o++] = '?';
-            i++;
-            continue;
-        }
-        memcpy(copy + o, s + i, len);
-        o += len;
-        i += len;
-        if (c == '\n' && max_lines > 0 && ++lines == max_lines) {
-            if (i < n)
-                *cut = true;
-            break;
-        }
-    }
-    json_t *str = json_stringn(copy, o);
-    free(copy);
-    return str ? str : json_string("");
-}
 
 /* The first line of a stream for an error message, at most 200 bytes,
  * printable ASCII only. */
@@ -781,17 +422,6 @@ static bool exit_ok(const json_t *tool, int code)
         if (json_integer_value(json_array_get(ok, i)) == code)
             return true;
     return false;
-}
-
-static long tool_long(const json_t *tool, const char *key, long dflt, long min, long max)
-{
-    json_t *v = json_object_get(tool, key);
-    long n = dflt;
-    if (json_is_integer(v))
-        n = (long)json_integer_value(v);
-    else if (json_is_string(v) && !bt_parse_long(json_string_value(v), min, max, &n))
-        n = dflt;
-    return n < min ? min : n > max ? max : n;
 }
 
 /* ---- invoke --------------------------------------------------------------- */
@@ -850,7 +480,7 @@ static enum bt_err local_invoke(void *state, const json_t *tool, const json_t *i
         if (e != BT_OK) {
             if (!tmpl)
                 bt_fmt(err, errlen, "tool %s: command element %zu is not a string", tool_name, i);
-            free_strv(argv);
+            bt_connectors__strv_free(argv);
             return e;
         }
     }
@@ -860,38 +490,34 @@ static enum bt_err local_invoke(void *state, const json_t *tool, const json_t *i
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
         bt_fmt(err, errlen, "%s is not installed on the baton host (%s)", cmd_name, path);
-        free_strv(argv);
+        bt_connectors__strv_free(argv);
         return BT_ECONNECTOR;
     }
     if (access(path, X_OK) != 0) {
         bt_fmt(err, errlen, "%s is not executable by baton (%s)", cmd_name, path);
-        free_strv(argv);
+        bt_connectors__strv_free(argv);
         return BT_ECONNECTOR;
     }
 
-    long timeout_s = tool_long(tool, "timeout_s", LOCAL_TIMEOUT_DEFAULT_S, 1, LOCAL_TIMEOUT_MAX_S);
-    size_t max =
-        (size_t)tool_long(tool, "output_max", (long)l->output_max, 1, LOCAL_OUTPUT_MAX_LIMIT);
-    long max_lines = tool_long(tool, "output_lines", 0, 0, 100000);
+    long timeout_s = bt_connectors__tool_long(tool, "timeout_s", LOCAL_TIMEOUT_DEFAULT_S, 1,
+                                              LOCAL_TIMEOUT_MAX_S);
+    size_t max = (size_t)bt_connectors__tool_long(tool, "output_max", (long)l->output_max, 1,
+                                                  LOCAL_OUTPUT_MAX_LIMIT);
+    long max_lines = bt_connectors__tool_long(tool, "output_lines", 0, 0, 100000);
 
     char **envp = child_env();
-    struct run r;
-    enum bt_err e = run_child(path, argv, envp, (int64_t)timeout_s * 1000, max, &r, err, errlen);
-    free_strv(envp);
+    struct bt_connectors__proc p = {path, argv,         envp, "/", (int64_t)timeout_s * 1000,
+                                    max,  "the command"};
+    struct bt_connectors__run r;
+    enum bt_err e = bt_connectors__proc_run(&p, &r, err, errlen);
+    bt_connectors__strv_free(envp);
     if (e != BT_OK) {
-        free_strv(argv);
-        bt_buf_free(&r.out.buf);
-        bt_buf_free(&r.err.buf);
+        bt_connectors__strv_free(argv);
+        bt_connectors__run_free(&r);
         return e;
     }
 
-    int code = -1, sig = 0;
-    if (WIFEXITED(r.status))
-        code = WEXITSTATUS(r.status);
-    else if (WIFSIGNALED(r.status)) {
-        sig = WTERMSIG(r.status);
-        code = 128 + sig; /* the shell's convention, so logs read familiar */
-    }
+    int code = r.exit_code, sig = r.signal;
     bool cut = false;
     json_t *res = json_object();
     json_t *argv_json = json_array();
@@ -901,14 +527,15 @@ static enum bt_err local_invoke(void *state, const json_t *tool, const json_t *i
     json_object_set_new(res, "exit_code", json_integer(code));
     if (sig)
         json_object_set_new(res, "signal", json_integer(sig));
-    json_object_set_new(
-        res, "stdout",
-        output_string(r.out.buf.data ? r.out.buf.data : "", r.out.buf.len, max_lines, &cut));
-    json_object_set_new(
-        res, "stderr", output_string(r.err.buf.data ? r.err.buf.data : "", r.err.buf.len, 0, &cut));
+    json_object_set_new(res, "stdout",
+                        bt_connectors__output_json(r.out.buf.data ? r.out.buf.data : "",
+                                                   r.out.buf.len, SIZE_MAX, max_lines, &cut));
+    json_object_set_new(res, "stderr",
+                        bt_connectors__output_json(r.err.buf.data ? r.err.buf.data : "",
+                                                   r.err.buf.len, SIZE_MAX, 0, &cut));
     json_object_set_new(res, "truncated", json_boolean(r.out.truncated || r.err.truncated || cut));
     json_object_set_new(res, "timed_out", json_boolean(r.timed_out));
-    json_object_set_new(res, "duration_ms", json_integer(r.elapsed));
+    json_object_set_new(res, "duration_ms", json_integer(r.elapsed_ms));
 
     char line[256];
     if (r.exec_errno) {
@@ -935,9 +562,8 @@ static enum bt_err local_invoke(void *state, const json_t *tool, const json_t *i
                line);
         e = BT_ECONNECTOR;
     }
-    free_strv(argv);
-    bt_buf_free(&r.out.buf);
-    bt_buf_free(&r.err.buf);
+    bt_connectors__strv_free(argv);
+    bt_connectors__run_free(&r);
     *result = res;
     return e;
 }
