@@ -571,17 +571,8 @@ static enum bt_err check_value(const char *input, const char *v, char *err, size
                input);
         return BT_EDENIED;
     }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)v[i];
-        if (is_alnum((char)c) || (c && strchr("@%+=:,./_-", c)))
-            continue;
-        char what[32];
-        if (c == ' ')
-            bt_fmt(what, sizeof what, "a space");
-        else if (c < 0x20 || c >= 0x7f)
-            bt_fmt(what, sizeof what, "the byte 0x%02x", c);
-        else
-            bt_fmt(what, sizeof what, "'%c'", c);
+    char what[32];
+    if (bt_connectors__unsafe_char(v, n, what, sizeof what)) {
         bt_fmt(err, errlen,
                "input '%s' contains %s; refused (only letters, digits and @%%+=:,./_- are "
                "allowed in values passed to ansible)",

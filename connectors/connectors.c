@@ -369,3 +369,21 @@ json_t *bt_connectors_breakers(bt_connectors *c)
     }
     return out;
 }
+
+bool bt_connectors__unsafe_char(const char *v, size_t n, char *what, size_t whatlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            (c != '\0' && strchr("@%+=:,./_-", c) != NULL))
+            continue;
+        if (c == ' ')
+            bt_fmt(what, whatlen, "a space");
+        else if (c < 0x20 || c >= 0x7f)
+            bt_fmt(what, whatlen, "the byte 0x%02x", c);
+        else
+            bt_fmt(what, whatlen, "'%c'", c);
+        return true;
+    }
+    return false;
+}

@@ -329,4 +329,9 @@ enum bt_err bt_connectors__http_request(struct bt_connectors__http *h,
                                         size_t errlen);
 void bt_connectors__http_reply_free(struct bt_connectors__http_reply *reply);
 
+/* The values a command or an ansible module may be given: letters, digits
+ * and @%+=:,./_- only. True when v (n bytes) has another character; what
+ * then describes the first one ("a space", "the byte 0x0a", "';'"). */
+bool bt_connectors__unsafe_char(const char *v, size_t n, char *what, size_t whatlen);
+
 #endif

@@ -287,12 +287,6 @@ static bool local_check_tool(void *state, const bt_yaml_doc *doc, const json_t *
 
 /* ---- building argv ------------------------------------------------------- */
 
-static bool safe_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("@%+=:,./_-", c) != NULL);
-}
-
 /* Check one input value bound for argv; BT_EDENIED with a message that names
  * the input and the offending character (never the whole value: it may hold
  * control bytes). */
@@ -314,17 +308,8 @@ static enum bt_err check_value(const char *input, const char *v, char *err, size
                input);
         return BT_EDENIED;
     }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)v[i];
-        if (safe_char((char)c))
-            continue;
-        char what[32];
-        if (c == ' ')
-            bt_fmt(what, sizeof what, "a space");
-        else if (c < 0x20 || c >= 0x7f)
-            bt_fmt(what, sizeof what, "the byte 0x%02x", c);
-        else
-            bt_fmt(what, sizeof what, "'%c'", c);
+    char what[32];
+    if (bt_connectors__unsafe_char(v, n, what, sizeof what)) {
         bt_fmt(err, errlen,
                "input '%s' contains %s; refused (only letters, digits and @%%+=:,./_- are "
                "allowed in values passed to a command)",
