@@ -609,7 +609,15 @@ static int cmd_worker(struct options *o, int argc, char **argv, int i)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     bt_log(BT_LOG_INFO, "worker", NULL, "worker started (pid %d)", (int)getpid());
+    int64_t maintained_ms = bt_mono_ms();
     while (!stop_requested) {
+        /* Store housekeeping (WAL checkpoint) now and then, as serve does. */
+        if (bt_mono_ms() - maintained_ms >= 5000) {
+            char err[BT_ERRLEN];
+            if (bt_store_maintain(bt_pipeline_store(p), err, sizeof err) != BT_OK)
+                bt_log(BT_LOG_WARN, "worker", NULL, "store housekeeping: %s", err);
+            maintained_ms = bt_mono_ms();
+        }
         json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
         size_t k;
         json_t *ev;
