@@ -528,6 +528,20 @@ static const char *field_str(const json_t *msg, const char *key)
     return v && *v ? v : NULL;
 }
 
+/* card as user (of role) sees it: a new object sharing card's members plus
+ * its own `you`, or NULL when user may not see it. Shallow: a card goes to
+ * every connection allowed to see it, on the loop thread, and only `you`
+ * differs between them. */
+static json_t *card_as_seen(const json_t *card, const char *user, const char *role)
+{
+    json_t *mine = json_copy((json_t *)card);
+    if (!bt_pipeline_card_for(mine, user, role)) {
+        json_decref(mine);
+        return NULL;
+    }
+    return mine;
+}
+
 /* The card of approval_id for the result's cards (to every viewer) and,
  * returned borrowed, as user sees it (for the reply to user). */
 static json_t *result_card(const bt_config *cfg, bt_pipeline *p, struct result *res,
@@ -539,12 +553,8 @@ static json_t *result_card(const bt_config *cfg, bt_pipeline *p, struct result *
     if (!res->cards)
         res->cards = json_array();
     json_array_append(res->cards, card);
-    json_t *mine = json_deep_copy(card);
+    json_t *mine = card_as_seen(card, user, role_of(cfg, user));
     json_decref(card);
-    if (!bt_pipeline_card_for(mine, user, role_of(cfg, user))) {
-        json_decref(mine);
-        return NULL;
-    }
     return mine;
 }
 
@@ -1154,24 +1164,13 @@ static bool cards_put(struct bt_server *s, json_t *card)
     return true;
 }
 
-/* card as user sees it (new), or NULL when user may not see it. */
-static json_t *card_view(const json_t *card, const struct conn *c)
-{
-    json_t *mine = json_deep_copy(card);
-    if (!bt_pipeline_card_for(mine, c->user, c->role)) {
-        json_decref(mine);
-        return NULL;
-    }
-    return mine;
-}
-
 /* Push a changed card to every signed-in connection allowed to see it. */
 static void cards_dispatch(struct bt_server *s, const json_t *card)
 {
     for (struct conn *c = s->conns; c; c = c->next) {
         if (!c->is_ws || !c->user)
             continue;
-        json_t *mine = card_view(card, c);
+        json_t *mine = card_as_seen(card, c->user, c->role);
         if (mine)
             conn_send(c, json_pack("{s:s, s:o}", "type", "card", "card", mine));
     }
@@ -1183,7 +1182,7 @@ static void send_state(struct bt_server *s, struct conn *c)
 {
     json_t *list = json_array();
     for (size_t i = 0; i < s->ncards; i++) {
-        json_t *mine = card_view(s->cards[i].card, c);
+        json_t *mine = card_as_seen(s->cards[i].card, c->user, c->role);
         if (mine)
             json_array_append_new(list, mine);
     }
@@ -1240,6 +1239,7 @@ static void drain_results(struct bt_server *s)
         struct result *next = r->next;
         struct conn *c = conn_find(s, r->conn_id);
         if (c) {
+            bool signed_in = r->user != NULL; /* a hello that took */
             if (r->user) {
                 free(c->user);
                 free(c->role);
@@ -1250,9 +1250,7 @@ static void drain_results(struct bt_server *s)
             size_t i;
             json_t *m;
             json_array_foreach(r->messages, i, m) conn_send(c, json_incref(m));
-            if (c->user && c->is_ws && json_array_size(r->messages) > 0 &&
-                strcmp(json_string_value(json_object_get(json_array_get(r->messages, 0), "type")),
-                       "welcome") == 0)
+            if (signed_in && c->is_ws)
                 send_state(s, c);
         }
         size_t i;
