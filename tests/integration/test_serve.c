@@ -239,24 +239,30 @@ static json_t *ws_recv(struct ws *w, int timeout_ms)
     }
 }
 
-/* Next message of type (others, such as notices, are skipped). */
-static json_t *ws_expect(struct ws *w, const char *type)
+/* Next message whose string field key is value; others (notices, pushed
+ * cards) are skipped. NULL, and a failed check, after WAIT_MS. */
+static json_t *ws_next(struct ws *w, const char *key, const char *value)
 {
     int64_t deadline = bt_mono_ms() + WAIT_MS;
     while (bt_mono_ms() < deadline) {
         json_t *m = ws_recv(w, (int)(deadline - bt_mono_ms()));
         if (!m)
             break;
-        const char *t = json_string_value(json_object_get(m, "type"));
-        if (t && strcmp(t, type) == 0)
+        const char *v = json_string_value(json_object_get(m, key));
+        if (v && strcmp(v, value) == 0)
             return m;
         char *dump = json_dumps(m, JSON_COMPACT);
-        fprintf(stderr, "  (skipping %.300s while waiting for %s)\n", dump, type);
+        fprintf(stderr, "  (skipping %.300s while waiting for %s %s)\n", dump, key, value);
         free(dump);
         json_decref(m);
     }
-    CHECK_MSG(0, "no %s message", type);
+    CHECK_MSG(0, "no message with %s %s", key, value);
     return NULL;
+}
+
+static json_t *ws_expect(struct ws *w, const char *type)
+{
+    return ws_next(w, "type", type);
 }
 
 static const char *jstr(const json_t *o, const char *k)
@@ -292,20 +298,10 @@ static char *token_for(const char *user)
     return t;
 }
 
-/* The answer to the message with id (cards pushed meanwhile are skipped). */
+/* The answer to the message with id. */
 static json_t *ws_answer(struct ws *w, const char *id)
 {
-    int64_t deadline = bt_mono_ms() + WAIT_MS;
-    while (bt_mono_ms() < deadline) {
-        json_t *m = ws_recv(w, (int)(deadline - bt_mono_ms()));
-        if (!m)
-            break;
-        if (strcmp(jstr(m, "in_reply_to"), id) == 0)
-            return m;
-        json_decref(m);
-    }
-    CHECK_MSG(0, "no answer to %s", id);
-    return NULL;
+    return ws_next(w, "in_reply_to", id);
 }
 
 /* Sign in; *state (when not NULL) gets the `state` replay that follows
