@@ -1295,6 +1295,52 @@ enum bt_err bt_store_audit_append(bt_store *st, const char *request_id, const ch
     return st->ops->audit_append(st->be, request_id, actor, event, detail, err, errlen);
 }
 
+/* bt_store_chat_claim: see store.h. */
+enum bt_err bt_store_chat_claim(bt_store *st, const char *key, bool *claimed, char *err,
+                                size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !key || !claimed)
+        return bad_args("chat_claim", err, errlen);
+    *claimed = false;
+    if ((e = check_id(key, "chat event key", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->chat_claim(st->be, key, claimed, err, errlen);
+}
+
+/* bt_store_chat_post_add: see store.h. */
+enum bt_err bt_store_chat_post_add(bt_store *st, const char *approval_id, const char *surface,
+                                   const char *channel, const char *post, const char *thread,
+                                   char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !approval_id || !surface || !channel || !post)
+        return bad_args("chat_post_add", err, errlen);
+    if ((e = check_id(approval_id, "approval id", err, errlen)) != BT_OK ||
+        (e = check_id(surface, "chat surface", err, errlen)) != BT_OK ||
+        (e = check_id(channel, "chat channel", err, errlen)) != BT_OK ||
+        (e = check_id(post, "chat post", err, errlen)) != BT_OK ||
+        (thread && (e = check_id(thread, "chat thread", err, errlen)) != BT_OK))
+        return e;
+    return st->ops->chat_post_add(st->be, approval_id, surface, channel, post, thread, err, errlen);
+}
+
+/* bt_store_chat_posts_of: see store.h. */
+enum bt_err bt_store_chat_posts_of(bt_store *st, const char *approval_id, json_t **out, char *err,
+                                   size_t errlen)
+{
+    err_clear(err, errlen);
+    enum bt_err e;
+    if (!st || !approval_id || !out)
+        return bad_args("chat_posts_of", err, errlen);
+    *out = NULL;
+    if ((e = check_id(approval_id, "approval id", err, errlen)) != BT_OK)
+        return e;
+    return st->ops->chat_posts_of(st->be, approval_id, out, err, errlen);
+}
+
 /* bt_store_request_get: see store.h. */
 enum bt_err bt_store_request_get(bt_store *st, const char *request_id, json_t **out, char *err,
                                  size_t errlen)

@@ -30,7 +30,7 @@
 typedef struct bt_store bt_store;
 
 /* The schema version this build writes. */
-#define BT_STORE_SCHEMA_VERSION 5
+#define BT_STORE_SCHEMA_VERSION 6
 
 /* Open (creating directories and the file as needed) and migrate.
  * On failure *out is NULL and err says why, naming the location. */
@@ -250,6 +250,25 @@ enum bt_err bt_store_requests_of(bt_store *st, const char *user, long limit, jso
  * BT_ENOENT if absent. */
 enum bt_err bt_store_request_get(bt_store *st, const char *request_id, json_t **out, char *err,
                                  size_t errlen);
+
+/* ---- team chat ------------------------------------------------------- */
+
+/* Claim a platform event by key (e.g. "slack:Ev0123"): *claimed is true for
+ * the first caller in any process sharing the store, false for every later
+ * one (a redelivery, or another instance that saw the same event). Keys are
+ * remembered for 7 days. */
+enum bt_err bt_store_chat_claim(bt_store *st, const char *key, bool *claimed, char *err,
+                                size_t errlen);
+/* Remember that the card of approval_id is shown as a chat post: surface
+ * ("slack", "mattermost"), channel, post (Slack ts, Mattermost post id) and
+ * the thread it sits in (NULL: none). Idempotent. */
+enum bt_err bt_store_chat_post_add(bt_store *st, const char *approval_id, const char *surface,
+                                   const char *channel, const char *post, const char *thread,
+                                   char *err, size_t errlen);
+/* The chat posts showing approval_id, oldest first (at most 100): new array
+ * of {surface, channel, post, thread (absent when none), created_ms}. */
+enum bt_err bt_store_chat_posts_of(bt_store *st, const char *approval_id, json_t **out, char *err,
+                                   size_t errlen);
 
 /* ---- approvals ------------------------------------------------------- */
 

@@ -64,6 +64,10 @@ struct bt_store__asset_filter {
 /* At most this many pending approvals are returned by one call (oldest
  * first, so a sweeper that handles them makes room for the next ones). */
 #define BT_STORE__PENDING_MAX 10000
+/* Chat posts returned for one approval, and how long a claimed chat event
+ * is remembered (platforms redeliver within minutes). */
+#define BT_STORE__CHAT_POSTS_MAX 100
+#define BT_STORE__CHAT_EVENT_KEEP_MS (7LL * 24 * 3600 * 1000)
 
 /* The string-valued asset fields a backend keeps in columns of their own
  * (besides name), in the order of this list. cpu and ram_gb are integer
@@ -223,6 +227,15 @@ struct bt_store__ops {
                             size_t errlen);
     enum bt_err (*audit_verify)(void *be, long long *entries, char *err, size_t errlen);
     enum bt_err (*maintain)(void *be, char *err, size_t errlen);
+
+    /* team chat (store.h); thread may be NULL. maintain forgets claimed
+     * events older than BT_STORE__CHAT_EVENT_KEEP_MS. */
+    enum bt_err (*chat_claim)(void *be, const char *key, bool *claimed, char *err, size_t errlen);
+    enum bt_err (*chat_post_add)(void *be, const char *approval_id, const char *surface,
+                                 const char *channel, const char *post, const char *thread,
+                                 char *err, size_t errlen);
+    enum bt_err (*chat_posts_of)(void *be, const char *approval_id, json_t **out, char *err,
+                                 size_t errlen);
 };
 
 /* The SQLite backend (store_sqlite.c). */

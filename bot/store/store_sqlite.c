@@ -259,6 +259,24 @@ static const char *const migrations[] = {
 
     /* 5: a request's audit trail, shown in the console's history. */
     "CREATE INDEX audit_log_request ON audit_log(request_id, seq);",
+
+    /* 6: team chat. chat_events holds one row per platform event that was
+     * handled (the first process to insert it handles it; redeliveries and
+     * other instances see the row). chat_posts: where each approval's card
+     * is shown, so every process can update it in place. */
+    "CREATE TABLE chat_events ("
+    " event_key TEXT PRIMARY KEY,"
+    " claimed_ms INTEGER NOT NULL);"
+    "CREATE INDEX chat_events_age ON chat_events(claimed_ms);"
+    "CREATE TABLE chat_posts ("
+    " surface TEXT NOT NULL,"
+    " channel TEXT NOT NULL,"
+    " post TEXT NOT NULL,"
+    " approval_id TEXT NOT NULL,"
+    " thread TEXT,"
+    " created_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (surface, channel, post));"
+    "CREATE INDEX chat_posts_approval ON chat_posts(approval_id);",
 };
 
 #define SQ_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1433,6 +1451,10 @@ enum sx_stmt {
     SX_TOKEN_GET,
     SX_REQUESTS_OF,
     SX_REQUEST_GET,
+    SX_CHAT_CLAIM,
+    SX_CHAT_FORGET,
+    SX_CHAT_POST_ADD,
+    SX_CHAT_POSTS_OF,
     SX__COUNT
 };
 _Static_assert(SX__COUNT <= SQ_EXEC_STMTS, "struct sq.exec_stmt is big enough");
@@ -1529,6 +1551,13 @@ static const char *const sx_sql[SX__COUNT] = {
                        " WHERE user_id = ?1 ORDER BY created_ms DESC, rowid DESC LIMIT ?2",
     [SX_REQUEST_GET] = "SELECT request_id, user_id, channel, text, created_ms FROM requests"
                        " WHERE request_id = ?1",
+    [SX_CHAT_CLAIM] = "INSERT INTO chat_events(event_key, claimed_ms) VALUES (?1, ?2)"
+                      " ON CONFLICT DO NOTHING",
+    [SX_CHAT_FORGET] = "DELETE FROM chat_events WHERE claimed_ms < ?1",
+    [SX_CHAT_POST_ADD] = "INSERT INTO chat_posts(surface, channel, post, approval_id, thread,"
+                         " created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+    [SX_CHAT_POSTS_OF] = "SELECT surface, channel, post, thread, created_ms FROM chat_posts"
+                         " WHERE approval_id = ?1 ORDER BY created_ms, rowid",
 };
 
 static enum bt_err xprep(struct sq *s, enum sx_stmt id, sqlite3_stmt **out, char *err,
@@ -2893,9 +2922,91 @@ static bool audit_row_ok(struct sq *s, sqlite3_stmt *st, long long expect_seq, c
 /* Walk the chain from seq 1 in batches of SQ_AUDIT_BATCH inside one read
  * transaction: a consistent snapshot (appenders carry on meanwhile, in WAL)
  * and bounded memory however long the log is. */
+/* ---- team chat ------------------------------------------------------------ */
+
+static enum bt_err sq_chat_claim(void *be, const char *key, bool *claimed, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_CHAT_CLAIM, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, key);
+    sqlite3_bind_int64(st, 2, bt_wall_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "claim chat event %.64s", key);
+    else
+        *claimed = sqlite3_changes(s->db) == 1;
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_chat_post_add(void *be, const char *approval_id, const char *surface,
+                                    const char *channel, const char *post, const char *thread,
+                                    char *err, size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_CHAT_POST_ADD, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, surface);
+    bind_text(st, 2, channel);
+    bind_text(st, 3, post);
+    bind_text(st, 4, approval_id);
+    bind_text(st, 5, thread);
+    sqlite3_bind_int64(st, 6, bt_wall_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        e = sq_fail(s, rc, err, errlen, "record the chat post of %.64s", approval_id);
+    done(st);
+    return e;
+}
+
+static enum bt_err sq_chat_posts_of(void *be, const char *approval_id, json_t **out, char *err,
+                                    size_t errlen)
+{
+    struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_CHAT_POSTS_OF, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    bind_text(st, 1, approval_id);
+    json_t *list = json_array();
+    int rc, rows = 0;
+    while (rows < BT_STORE__CHAT_POSTS_MAX && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rows++;
+        json_array_append_new(list,
+                              json_pack("{s:s?, s:s?, s:s?, s:s*, s:I}", "surface",
+                                        (const char *)sqlite3_column_text(st, 0), "channel",
+                                        (const char *)sqlite3_column_text(st, 1), "post",
+                                        (const char *)sqlite3_column_text(st, 2), "thread",
+                                        (const char *)sqlite3_column_text(st, 3), "created_ms",
+                                        (json_int_t)sqlite3_column_int64(st, 4)));
+    }
+    if (rows < BT_STORE__CHAT_POSTS_MAX && rc != SQLITE_DONE) {
+        e = sq_fail(s, rc, err, errlen, "read the chat posts of %.64s", approval_id);
+        json_decref(list);
+    } else {
+        *out = list;
+    }
+    done(st);
+    return e;
+}
+
 static enum bt_err sq_maintain(void *be, char *err, size_t errlen)
 {
     struct sq *s = be;
+    sqlite3_stmt *st;
+    enum bt_err e = xprep(s, SX_CHAT_FORGET, &st, err, errlen);
+    if (e != BT_OK)
+        return e;
+    sqlite3_bind_int64(st, 1, bt_wall_ms() - BT_STORE__CHAT_EVENT_KEEP_MS);
+    int frc = sqlite3_step(st);
+    done(st);
+    if (frc != SQLITE_DONE && (frc & 0xff) != SQLITE_BUSY)
+        return sq_fail(s, frc, err, errlen, "forget old chat events");
     int logged = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &done);
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
@@ -2995,4 +3106,7 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .audit_of = sq_audit_of,
     .audit_verify = sq_audit_verify,
     .maintain = sq_maintain,
+    .chat_claim = sq_chat_claim,
+    .chat_post_add = sq_chat_post_add,
+    .chat_posts_of = sq_chat_posts_of,
 };
