@@ -16,6 +16,7 @@
  */
 #include "bot/server.h"
 #include "bot/console/console.h"
+#include "bot/chat/chat.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -52,9 +53,10 @@ static const double latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
 #define AUDIT_MAX 500
 #define WATCH_MS 30000 /* after a decision, until the execution shows */
 
-#define GEN_RETIRED_MAX 8 /* reloads in flight before another is refused */
+#define GEN_RETIRED_MAX 8   /* reloads in flight before another is refused */
+#define CHAT_BODY_MAX 65536 /* a chat platform's callback */
 
-enum job_kind { JOB_MESSAGE, JOB_SWEEP, JOB_REFRESH, JOB_RELOAD };
+enum job_kind { JOB_MESSAGE, JOB_SWEEP, JOB_REFRESH, JOB_RELOAD, JOB_CHAT };
 
 /* One configuration generation: the configuration and one pipeline per
  * thread slot built from it. SIGHUP builds a new one; a thread picks up the
@@ -74,6 +76,7 @@ struct job {
     uint64_t conn_id;
     char *user; /* signed-in user or NULL */
     json_t *msg;
+    bt_chat_task *task; /* JOB_CHAT */
     struct job *next;
 };
 
@@ -84,8 +87,9 @@ struct result {
     json_t *messages; /* array */
     char *user;
     char *role;
-    json_t *cards; /* cards that may have changed (array or NULL) */
-    bool refresh;  /* the answer to a JOB_REFRESH */
+    json_t *cards;      /* cards that may have changed (array or NULL) */
+    bool refresh;       /* the answer to a JOB_REFRESH */
+    bt_chat_task *task; /* a JOB_CHAT that ran (conn_id: its HTTP request, or 0) */
     struct result *next;
 };
 
@@ -156,6 +160,10 @@ struct conn {
     int64_t last_rx_ms;
     struct conn *next;
     /* HTTP */
+    bool http_linked;         /* in the list while its answer is made */
+    unsigned int http_status; /* a deferred answer's, until its headers are sent */
+    bool http_post;           /* a chat callback: its body is read into rx */
+    char http_uri[64];
     char *http_body;                  /* owned, or NULL when http_static is set */
     const unsigned char *http_static; /* an embedded console file */
     size_t http_len;
@@ -208,6 +216,7 @@ struct bt_server {
     struct gen *retired[GEN_RETIRED_MAX]; /* replaced, still in use */
     size_t nretired;
     struct metrics m;
+    bt_chat *chat; /* NULL without team chat */
 };
 
 struct worker_arg {
@@ -237,7 +246,7 @@ bool bt_server_check_config(const bt_config *cfg, bt_diag *d)
     const bt_yaml_doc *doc = bt_config_main(cfg);
     json_t *srv = bt_config_get(cfg, "server");
     if (!srv)
-        return true;
+        return bt_chat_check_config(cfg, d);
     if (!json_is_object(srv)) {
         bt_diag_at(d, doc, srv, "server", "must be a mapping, not %s", bt_conf_type_name(srv));
         return false;
@@ -266,6 +275,7 @@ bool bt_server_check_config(const bt_config *cfg, bt_diag *d)
     bt_check_int(d, doc, srv, "idle_timeout_s", false, 10, 86400, &v);
     bt_check_int(d, doc, srv, "workers", false, 1, 64, &v);
     bt_check_int(d, doc, srv, "job_runners", false, 0, 16, &v);
+    bt_chat_check_config(cfg, d);
     return bt_diag_count(d) == before;
 }
 
@@ -973,6 +983,14 @@ static void *worker_main(void *arg)
             res = run_refresh(s, p, j->msg);
         } else if (j->kind == JOB_RELOAD) {
             run_reload(s, g);
+        } else if (j->kind == JOB_CHAT) {
+            res = bt_calloc(1, sizeof *res);
+            res->conn_id = j->conn_id;
+            res->messages = json_array();
+            res->cards = json_array();
+            bt_chat_task_run(j->task, g->cfg, p, res->cards);
+            res->task = j->task;
+            j->task = NULL;
         } else {
             res = run_message(s, g->cfg, p, j);
         }
@@ -1125,12 +1143,15 @@ static void cards_prune(struct bt_server *s, int64_t now)
 }
 
 /* Record card (borrowed); true when it is new or changed. */
-static bool cards_put(struct bt_server *s, json_t *card)
+/* Keep card as the newest of its approval: CARD_SAME when nothing changed,
+ * CARD_CHANGED, or CARD_NEW for an approval not seen before. */
+enum card_put { CARD_SAME, CARD_CHANGED, CARD_NEW };
+static enum card_put cards_put(struct bt_server *s, json_t *card)
 {
     const char *aid = json_string_value(json_object_get(card, "approval_id"));
     char *sig = aid ? json_dumps(card, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     if (!sig)
-        return false;
+        return CARD_SAME;
     int64_t now = bt_mono_ms();
     for (size_t i = 0; i < s->ncards; i++) {
         struct card_entry *e = &s->cards[i];
@@ -1149,7 +1170,7 @@ static bool cards_put(struct bt_server *s, json_t *card)
             e->seen_ms = now;
         } else
             free(sig);
-        return changed;
+        return changed ? CARD_CHANGED : CARD_SAME;
     }
     if (s->ncards >= CARDS_MAX)
         cards_prune(s, now);
@@ -1161,7 +1182,7 @@ static bool cards_put(struct bt_server *s, json_t *card)
     if (!s->cards)
         s->cards = bt_calloc(CARDS_MAX, sizeof *s->cards);
     s->cards[s->ncards++] = (struct card_entry){bt_strdup(aid), json_incref(card), sig, now, 0};
-    return true;
+    return CARD_NEW;
 }
 
 /* Push a changed card to every signed-in connection allowed to see it. */
@@ -1229,6 +1250,39 @@ static void cards_maybe_refresh(struct bt_server *s, int64_t now)
     }
 }
 
+/* The answer to an HTTP request a chat task made (a Mattermost button):
+ * its headers and body go out from the next HTTP_WRITEABLE. */
+static void http_deferred(struct conn *c, const bt_chat_task *t)
+{
+    unsigned int status;
+    free(c->http_body);
+    c->http_body = bt_chat_task_http_reply(t, &status);
+    c->http_static = NULL;
+    c->http_len = strlen(c->http_body);
+    c->http_status = status;
+    lws_callback_on_writable(c->wsi);
+}
+
+/* bt_chat_submit_fn: a chat task for the workers (conn_id 0: no HTTP
+ * request waits for it). */
+static bool chat_push(struct bt_server *s, bt_chat_task *t, uint64_t conn_id)
+{
+    struct job *j = bt_calloc(1, sizeof *j);
+    j->kind = JOB_CHAT;
+    j->conn_id = conn_id;
+    j->task = t;
+    if (job_push(s, j))
+        return true;
+    j->task = NULL; /* still the caller's */
+    job_free(j);
+    return false;
+}
+
+static bool chat_submit(void *host, bt_chat_task *t)
+{
+    return chat_push(host, t, 0);
+}
+
 static void drain_results(struct bt_server *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -1257,11 +1311,22 @@ static void drain_results(struct bt_server *s)
         json_t *card;
         json_array_foreach(r->cards, i, card)
         {
-            if (cards_put(s, card))
+            enum card_put put = cards_put(s, card);
+            if (put != CARD_SAME)
                 cards_dispatch(s, card);
+            /* A new card was just posted by whoever made it; a changed one
+             * is shown again wherever chat shows it. */
+            if (put == CARD_CHANGED && s->chat)
+                bt_chat_card(s->chat, card);
         }
         if (r->refresh)
             s->refresh_in_flight = false;
+        if (r->task) {
+            if (r->conn_id && c && !c->is_ws)
+                http_deferred(c, r->task);
+            bt_chat_task_done(s->chat, r->task);
+            r->task = NULL;
+        }
         result_free(r);
         r = next;
     }
@@ -1457,7 +1522,59 @@ static char *metrics_with_breakers(struct bt_server *s)
     gen_release(s, g);
     char *text = metrics_text(&s->m, breakers);
     json_decref(breakers);
-    return text;
+    if (!s->chat)
+        return text;
+    /* Team chat (loop thread, like this function). */
+    bt_buf b = BT_BUF_INIT(0);
+    bt_buf_puts(&b, text);
+    free(text);
+    bt_buf_puts(&b, "# HELP baton_chat_connected Whether baton is connected to the chat "
+                    "platform.\n# TYPE baton_chat_connected gauge\n");
+    json_t *st = bt_chat_status(s->chat);
+    const char *name;
+    json_t *v;
+    json_object_foreach(st, name, v)
+    {
+        bt_buf_printf(&b, "baton_chat_connected{surface=\"%s\"} %d\n", name,
+                      json_is_true(json_object_get(v, "connected")));
+    }
+    bt_buf_puts(&b, "# HELP baton_chat_reconnects_total Connections to the chat platform "
+                    "lost and opened again.\n# TYPE baton_chat_reconnects_total counter\n");
+    json_object_foreach(st, name, v)
+    {
+        bt_buf_printf(&b, "baton_chat_reconnects_total{surface=\"%s\"} %lld\n", name,
+                      (long long)json_integer_value(json_object_get(v, "reconnects")));
+    }
+    json_decref(st);
+    return bt_buf_steal(&b);
+}
+
+/* A chat platform's callback has its whole body: chat makes a task of it,
+ * and the answer goes out when a worker has run it (http_deferred). */
+static int chat_http_body(struct bt_server *s, struct lws *wsi, struct conn *c)
+{
+    unsigned int status = HTTP_STATUS_OK;
+    char *reply = NULL;
+    if (c->rx_toobig)
+        return http_reply(wsi, c, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, "application/json",
+                          bt_strdup("{\"error\":\"body too large\"}"));
+    bt_chat_task *t = bt_chat_http_task(s->chat, c->http_uri, c->rx.data ? c->rx.data : "",
+                                        c->rx.len, &status, &reply);
+    if (!t)
+        return http_reply(wsi, c, status, "application/json", reply ? reply : bt_strdup("{}"));
+    free(reply);
+    c->id = ++s->next_conn_id;
+    c->wsi = wsi;
+    c->last_rx_ms = bt_mono_ms();
+    c->next = s->conns;
+    s->conns = c;
+    c->http_linked = true;
+    if (!chat_push(s, t, c->id)) {
+        bt_chat_task_done(s->chat, t);
+        return http_reply(wsi, c, HTTP_STATUS_SERVICE_UNAVAILABLE, "application/json",
+                          bt_strdup("{\"error\":\"baton is busy; try again\"}"));
+    }
+    return 0;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -1472,9 +1589,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     case LWS_CALLBACK_HTTP: {
         const char *uri = in;
-        if (pss->c) /* the previous request on a kept-alive connection */
+        if (pss->c) { /* the previous request on a kept-alive connection */
+            if (pss->c->http_linked)
+                conn_unlink(s, pss->c);
             conn_free(pss->c);
+        }
         pss->c = bt_calloc(1, sizeof *pss->c);
+        if (s->chat && bt_chat_http_path(s->chat, uri)) {
+            if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) <= 0)
+                return http_reply(wsi, pss->c, HTTP_STATUS_METHOD_NOT_ALLOWED, "application/json",
+                                  bt_strdup("{\"error\":\"POST only\"}"));
+            pss->c->http_post = true;
+            pss->c->rx.max = CHAT_BODY_MAX;
+            bt_strlcpy(pss->c->http_uri, uri, sizeof pss->c->http_uri);
+            return 0; /* the body follows */
+        }
         if (strcmp(uri, "/healthz") == 0)
             return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain", bt_strdup("ok\n"));
         if (strcmp(uri, "/metrics") == 0)
@@ -1486,7 +1615,28 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return http_reply(wsi, pss->c, HTTP_STATUS_NOT_FOUND, "text/plain",
                           bt_strdup("not found\n"));
     }
+    case LWS_CALLBACK_HTTP_BODY:
+        if (pss->c && pss->c->http_post && !pss->c->rx_toobig &&
+            bt_buf_append(&pss->c->rx, in, len) != BT_OK)
+            pss->c->rx_toobig = true;
+        return 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        if (pss->c && pss->c->http_post)
+            return chat_http_body(s, wsi, pss->c);
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_HTTP_WRITEABLE: {
+        if (pss->c && pss->c->http_status) { /* a deferred answer: headers first */
+            uint8_t hb[LWS_PRE + 1024], *start = &hb[LWS_PRE], *p = start,
+                                        *end = &hb[sizeof hb - 1];
+            if (lws_add_http_common_headers(wsi, pss->c->http_status, "application/json",
+                                            (lws_filepos_t)pss->c->http_len, &p, end) ||
+                security_headers(wsi, &p, end) ||
+                lws_finalize_write_http_header(wsi, start, &p, end))
+                return -1;
+            pss->c->http_status = 0;
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
         if (!pss->c || (!pss->c->http_body && !pss->c->http_static))
             return -1;
         size_t n = pss->c->http_len;
@@ -1504,6 +1654,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         if (pss && pss->c && !pss->c->is_ws) {
+            if (pss->c->http_linked)
+                conn_unlink(s, pss->c);
             conn_free(pss->c);
             pss->c = NULL;
         }
@@ -1625,6 +1777,8 @@ static void on_tick(lws_sorted_usec_list_t *sul)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         }
     cards_maybe_refresh(s, now);
+    if (s->chat)
+        bt_chat_tick(s->chat, now);
     if (s->reload && *s->reload) {
         *s->reload = 0;
         bt_log(BT_LOG_INFO, "server", NULL, "SIGHUP: reloading the configuration");
@@ -1721,8 +1875,18 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
         .secs_since_valid_ping = 30,
         .secs_since_valid_hangup = 60,
     };
+    if (rc == BT_OK) {
+        /* Before any worker starts: it initialises libcurl. */
+        char cerr[BT_ERRLEN];
+        enum bt_err ce = bt_chat_new(cfg, chat_submit, s, &s->chat, cerr, sizeof cerr);
+        if (ce != BT_OK) {
+            bt_fmt(err, errlen, "team chat: %s", cerr);
+            rc = ce;
+        }
+    }
     const struct lws_protocols protocols[] = {
         {"baton", callback, sizeof(struct pss), 4096, 0, NULL, 0},
+        bt_chat_protocol(),
         {NULL, NULL, 0, 0, 0, NULL, 0},
     };
     struct lws_context_creation_info info;
@@ -1732,7 +1896,8 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     info.protocols = protocols;
     info.user = s;
     info.retry_and_idle_policy = &retry;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    /* TLS for the chat platforms' wss:// connections (client side only). */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     if (rc == BT_OK) {
         s->ctx = lws_create_context(&info);
         if (!s->ctx) {
@@ -1766,9 +1931,13 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
                s->nworkers, s->nrunners);
         lws_sul_schedule(s->ctx, 0, &s->sweep_sul, on_sweep, 1000);
         lws_sul_schedule(s->ctx, 0, &s->tick_sul, on_tick, TICK_US);
+        if (s->chat)
+            bt_chat_start(s->chat, s->ctx);
         while (!*stop && lws_service(s->ctx, 0) >= 0)
             ;
         bt_log(BT_LOG_INFO, "server", NULL, "stopping");
+        if (s->chat)
+            bt_chat_stop(s->chat);
     }
 
     /* Stop: no new jobs; workers finish the job in hand. Queued jobs that
@@ -1802,11 +1971,15 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     while (s->jobs_head) {
         struct job *j = s->jobs_head;
         s->jobs_head = j->next;
+        if (j->task)
+            bt_chat_task_done(s->chat, j->task);
         job_free(j);
     }
     while (s->results_head) {
         struct result *r = s->results_head;
         s->results_head = r->next;
+        if (r->task)
+            bt_chat_task_done(s->chat, r->task);
         result_free(r);
     }
     while (s->conns) {
@@ -1814,6 +1987,7 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
         s->conns = c->next;
         conn_free(c);
     }
+    bt_chat_free(s->chat); /* after the context: its connections are closed */
     gen_free(s->gen);
     for (size_t i = 0; i < s->nretired; i++)
         gen_free(s->retired[i]);

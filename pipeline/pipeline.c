@@ -891,6 +891,17 @@ json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *
     return r;
 }
 
+char *bt_pipeline_decision_token(bt_pipeline *p, const char *approval_id, int step,
+                                 const char *decision)
+{
+    return bt_approvals_token(p->approvals, approval_id, step, decision);
+}
+
+const char *bt_pipeline_user_for(const bt_pipeline *p, const char *platform, const char *id)
+{
+    return bt_policy_user_for(p->policy, platform, id);
+}
+
 json_t *bt_pipeline_pending(bt_pipeline *p)
 {
     return bt_approvals_list_pending(p->approvals);

@@ -84,6 +84,17 @@ json_t *bt_pipeline_decide(bt_pipeline *p, const char *approval_id, const char *
 json_t *bt_pipeline_cancel(bt_pipeline *p, const char *approval_id, const char *user,
                            const char *via);
 
+/* A signed token carrying decision ("approve" | "deny") on approval_id for
+ * step (-1: the plan; N: release of step N, 0-based), for a chat button:
+ * pass it to bt_pipeline_decide. New string, or NULL when there is no such
+ * approval. */
+char *bt_pipeline_decision_token(bt_pipeline *p, const char *approval_id, int step,
+                                 const char *decision);
+
+/* The configured user whose identity on platform ("slack", "mattermost",
+ * ...) is id, or NULL. Borrowed. */
+const char *bt_pipeline_user_for(const bt_pipeline *p, const char *platform, const char *id);
+
 /* Approvals waiting for a decision or a step release (new array; see
  * approvals/approvals.h for the objects). */
 json_t *bt_pipeline_pending(bt_pipeline *p);

@@ -153,6 +153,46 @@ static void test_check_reports_problems(void)
     out_free(&o);
 }
 
+/* The chat: section is checked like the rest, and serve will not start
+ * without the tokens it names. */
+static void test_check_chat(void)
+{
+    char base[700], p[800];
+    bt_fmt(base, sizeof base, "%s/chat", tmp);
+    mkdir(base, 0700);
+    CHECK(make_config_with(base, (const char *const[]){NULL}));
+    const char *cdir = cfgdir;
+    char from[600];
+    bt_fmt(from, sizeof from, "%s/config/baton.yaml", BT_SOURCE_DIR);
+    char *yaml = slurp(from);
+    char *bad = bt_asprintf("%s\nchat:\n  update_interval_ms: 5\n  slack:\n"
+                            "    api_url: http://slack.example.com/api/\n    channels: [\"\"]\n"
+                            "    tokens: here\n",
+                            yaml);
+    bt_fmt(p, sizeof p, "%s/baton.yaml", cdir);
+    spit(p, bad);
+    struct out o = BATON("--config", cdir, "check");
+    CHECK_INT(o.code, 3);
+    CHECK_MSG(strstr(o.err, "update_interval_ms") != NULL, "%s", o.err);
+    CHECK_MSG(strstr(o.err, "chat.slack.api_url") != NULL, "%s", o.err);
+    CHECK_MSG(strstr(o.err, "chat.slack.channels") != NULL, "%s", o.err);
+    CHECK_MSG(strstr(o.err, "tokens") != NULL, "%s", o.err);
+    out_free(&o);
+    char *good =
+        bt_asprintf("%s\nchat:\n  slack:\n    app_token_env: BATON_TEST_NO_SUCH_VAR\n", yaml);
+    spit(p, good);
+    o = BATON("--config", cdir, "check");
+    CHECK_MSG(o.code == 0, "%s", o.err);
+    out_free(&o);
+    o = BATON("--config", cdir, "--store", store, "serve", "--listen", "127.0.0.1:1");
+    CHECK(o.code != 0);
+    CHECK_MSG(strstr(o.err, "BATON_TEST_NO_SUCH_VAR") != NULL, "%s", o.err);
+    out_free(&o);
+    free(good);
+    free(bad);
+    free(yaml);
+}
+
 static void test_store_failures(void)
 {
     char bad[700];
@@ -262,6 +302,7 @@ int main(void)
     RUN(test_exit_codes);
     RUN(test_check_valid);
     RUN(test_check_reports_problems);
+    RUN(test_check_chat);
     RUN(test_store_failures);
     RUN(test_default_locations);
     RUN(test_audit_and_status);
