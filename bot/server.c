@@ -136,6 +136,8 @@ struct metrics {
     struct histogram stages[32];
     size_t nstages;
     long long pending_approvals;
+    int64_t store_down_ms;       /* wall time the store began failing, 0: fine */
+    char store_error[BT_ERRLEN]; /* why, while it fails */
     long long open_connections;
     unsigned long long reloads_ok, reloads_failed;
     unsigned long long generation;
@@ -939,6 +941,23 @@ static void thread_done(struct bt_server *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* What the sweep saw of the store, for /healthz: an outage (a database
+ * restarting, a full disk) is reported while it lasts. */
+static void store_health(struct bt_server *s, bool ok, const char *err)
+{
+    pthread_mutex_lock(&s->m.mu);
+    if (ok) {
+        if (s->m.store_down_ms)
+            bt_log(BT_LOG_INFO, "server", NULL, "the store answers again");
+        s->m.store_down_ms = 0;
+    } else {
+        if (!s->m.store_down_ms)
+            s->m.store_down_ms = bt_wall_ms();
+        bt_strlcpy(s->m.store_error, err, sizeof s->m.store_error);
+    }
+    pthread_mutex_unlock(&s->m.mu);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker_arg *wa = arg;
@@ -972,8 +991,10 @@ static void *worker_main(void *arg)
             json_t *events = bt_pipeline_sweep(p, bt_wall_ms());
             json_decref(events);
             char err[BT_ERRLEN];
-            if (bt_store_maintain(bt_pipeline_store(p), err, sizeof err) != BT_OK)
+            bool store_ok = bt_store_maintain(bt_pipeline_store(p), err, sizeof err) == BT_OK;
+            if (!store_ok)
                 bt_log(BT_LOG_WARN, "server", NULL, "store housekeeping: %s", err);
+            store_health(s, store_ok, err);
             json_t *pending = bt_pipeline_pending(p);
             pthread_mutex_lock(&s->m.mu);
             s->m.pending_approvals = (long long)json_array_size(pending);
@@ -1549,6 +1570,19 @@ static char *metrics_with_breakers(struct bt_server *s)
     return bt_buf_steal(&b);
 }
 
+/* /healthz: 200 "ok", or 503 naming what is down and since when. */
+static int healthz(struct bt_server *s, struct lws *wsi, struct conn *c)
+{
+    pthread_mutex_lock(&s->m.mu);
+    int64_t down = s->m.store_down_ms;
+    char *body = down ? bt_asprintf("store unavailable for %lld s: %s\n",
+                                    (long long)((bt_wall_ms() - down) / 1000), s->m.store_error)
+                      : bt_strdup("ok\n");
+    pthread_mutex_unlock(&s->m.mu);
+    return http_reply(wsi, c, down ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_OK, "text/plain",
+                      body);
+}
+
 /* A chat platform's callback has its whole body: chat makes a task of it,
  * and the answer goes out when a worker has run it (http_deferred). */
 static int chat_http_body(struct bt_server *s, struct lws *wsi, struct conn *c)
@@ -1605,7 +1639,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return 0; /* the body follows */
         }
         if (strcmp(uri, "/healthz") == 0)
-            return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain", bt_strdup("ok\n"));
+            return healthz(s, wsi, pss->c);
         if (strcmp(uri, "/metrics") == 0)
             return http_reply(wsi, pss->c, HTTP_STATUS_OK, "text/plain; version=0.0.4",
                               metrics_with_breakers(s));
