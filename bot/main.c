@@ -15,6 +15,7 @@
  *   status EXECUTION [--json]           an execution and its steps
  *   serve [--listen ADDR:PORT]          the daemon: console WebSocket, /healthz, /metrics
  *   token USER                          issue a console sign-in token (printed once)
+ *   migrate [--store LOCATION]          create or upgrade the store, print its schema version
  *   version
  *
  * Exit codes are documented in docs/cli.md and never renumbered.
@@ -76,6 +77,7 @@ static void usage(FILE *out)
           "  status EXECUTION [--json]             show an execution and its steps\n"
           "  serve [--listen ADDR:PORT]            run the daemon (console, /healthz, /metrics)\n"
           "  token USER                            issue a console sign-in token\n"
+          "  migrate [--store LOCATION]            create or upgrade the store's schema\n"
           "  version                               print the version\n"
           "\n"
           "--config defaults to $BATON_CONFIG, else ./config, else /etc/baton.\n"
@@ -400,6 +402,27 @@ static bt_store *open_store(const struct options *o)
     bt_diag_free(d);
     free(dir);
     return st;
+}
+
+/* migrate: open the store, which applies any migrations it lacks (under the
+ * backend's lock, so several processes may run it at once), and print the
+ * schema version it is at. --store may follow the command too. */
+static int cmd_migrate(struct options *o, int argc, char **argv, int i)
+{
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
+            o->store = argv[++i];
+        } else {
+            fprintf(stderr, "baton migrate: unknown argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    bt_store *st = open_store(o);
+    if (!st)
+        return EXIT_CONFIG;
+    printf("store schema version %d\n", bt_store_schema_version(st));
+    bt_store_close(st);
+    return EXIT_ANSWERED;
 }
 
 /* --since: an ISO date or time (UTC), or a duration ago ("30m", "12h", "7d").
@@ -799,6 +822,8 @@ int main(int argc, char **argv)
         return cmd_serve(&o, argc, argv, i);
     if (strcmp(cmd, "token") == 0)
         return cmd_token(&o, argc, argv, i);
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(&o, argc, argv, i);
     if (strcmp(cmd, "approvals") == 0)
         return cmd_approvals(&o, argc, argv, i);
     if (strcmp(cmd, "approve") == 0 || strcmp(cmd, "deny") == 0 || strcmp(cmd, "cancel") == 0)

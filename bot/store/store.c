@@ -147,8 +147,9 @@ static enum bt_err to_json_text(const json_t *value, bool need_object, const cha
     return BT_OK;
 }
 
-/* bt_store_open: see store.h. Picks the backend by scheme; the PostgreSQL
- * location is never echoed into err because it may carry a password. */
+/* bt_store_open: see store.h. Picks the backend by scheme. A PostgreSQL
+ * location that carries a password is refused by the backend before
+ * anything could echo it into err. */
 enum bt_err bt_store_open(const char *location, bt_store **out, char *err, size_t errlen)
 {
     err_clear(err, errlen);
@@ -161,13 +162,11 @@ enum bt_err bt_store_open(const char *location, bt_store **out, char *err, size_
         bt_fmt(err, errlen, "store: location is empty");
         return BT_EINVAL;
     }
-    if (strncmp(location, "postgres://", 11) == 0 || strncmp(location, "postgresql://", 13) == 0) {
-        bt_fmt(err, errlen, "PostgreSQL store is not built yet");
-        return BT_EUNAVAIL;
-    }
     const struct bt_store__ops *ops = &bt_store__sqlite_ops;
     const char *target = location;
-    if (strncmp(location, "sqlite:", 7) == 0)
+    if (strncmp(location, "postgres://", 11) == 0 || strncmp(location, "postgresql://", 13) == 0)
+        ops = &bt_store__pg_ops; /* the whole URL is the target */
+    else if (strncmp(location, "sqlite:", 7) == 0)
         target = location + 7;
     if (!*target) {
         bt_fmt(err, errlen, "store: %s: no file name", location);

@@ -2,10 +2,10 @@
  * store.h - baton's durable state: requests, decisions, plans, executions,
  * steps, approvals, the audit log and the asset inventory.
  *
- * One interface, several backends behind a function table (SQLite now,
- * PostgreSQL later). The backend is chosen by the location string:
+ * One interface, several backends behind a function table (SQLite and
+ * PostgreSQL). The backend is chosen by the location string:
  *   "sqlite:PATH" or a plain path   SQLite file (WAL), created on first open
- *   "postgres://..."                PostgreSQL (not built yet: BT_EUNAVAIL)
+ *   "postgres://..."                PostgreSQL (libpq URL without a password)
  *
  * Schema changes are numbered migrations applied in order inside a
  * transaction on open. Opening a file whose schema is newer than this build

@@ -240,5 +240,7 @@ struct bt_store__ops {
 
 /* The SQLite backend (store_sqlite.c). */
 extern const struct bt_store__ops bt_store__sqlite_ops;
+/* The PostgreSQL backend (store_pg.c). */
+extern const struct bt_store__ops bt_store__pg_ops;
 
 #endif

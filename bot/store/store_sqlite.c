@@ -53,6 +53,9 @@
 #define SQ_AUDIT_BATCH 1000
 /* Cached asset-query statements (one per combination of filter keys). */
 #define SQ_DYN_SLOTS 16
+#define SQ_AUTOCHECKPOINT_PAGES 20000 /* ~80 MB of WAL: a safety net only */
+#define SQ_WAL_KEEP_BYTES 16777216    /* WAL file size kept after a reset */
+#define SQ_WAL_TRUNCATE_FRAMES 4096   /* ~16 MB: maintain empties the WAL */
 
 /* ---- migrations -----------------------------------------------------------
  * migrations[i] brings the schema from version i to i+1. Never edit one that
@@ -859,6 +862,19 @@ static enum bt_err set_pragmas(struct sq *s, char *err, size_t errlen)
     rc = sqlite3_exec(s->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return sq_fail(s, rc, err, errlen, "set synchronous");
+    /* Checkpoints belong to bt_store_maintain (serve and worker call it
+     * every 5 s, off the request path): SQLite's own automatic checkpoint
+     * runs inside the COMMIT that crosses the threshold and syncs the
+     * database file there, which made one request in a hundred wait 20-60
+     * ms. It stays on as a safety net far above what 5 s of traffic
+     * writes; a WAL reset truncates the file back to journal_size_limit. */
+    rc = sqlite3_exec(
+        s->db,
+        "PRAGMA wal_autocheckpoint=" SQ_STR(
+            SQ_AUTOCHECKPOINT_PAGES) "; PRAGMA journal_size_limit=" SQ_STR(SQ_WAL_KEEP_BYTES),
+        NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return sq_fail(s, rc, err, errlen, "set the checkpoint policy");
     return BT_OK;
 }
 
@@ -3008,7 +3024,15 @@ static enum bt_err sq_maintain(void *be, char *err, size_t errlen)
     if (frc != SQLITE_DONE && (frc & 0xff) != SQLITE_BUSY)
         return sq_fail(s, frc, err, errlen, "forget old chat events");
     int logged = 0, done = 0;
-    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &done);
+    /* PASSIVE: copy what no reader still needs into the database file and
+     * sync it, without blocking a writer. Under steady load some reader
+     * always holds an older snapshot, so the log is never reset and keeps
+     * growing; past SQ_WAL_TRUNCATE_FRAMES a TRUNCATE waits for a quiet
+     * moment (writers wait for it, briefly: the frames are copied already)
+     * and empties it. */
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &logged, &done);
+    if (rc == SQLITE_OK && logged > SQ_WAL_TRUNCATE_FRAMES)
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &done);
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
         return sq_fail(s, rc, err, errlen, "checkpoint");
     return BT_OK; /* busy: readers kept it from finishing; the next one will */

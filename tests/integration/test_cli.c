@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bot/store/store.h"
 #include "bot/util.h"
 #include "harness.h"
 #include "test.h"
@@ -193,6 +194,32 @@ static void test_check_chat(void)
     free(yaml);
 }
 
+/* baton migrate creates (or upgrades) a store and says which version it is
+ * at; a PostgreSQL URL with a password in it is refused, naming no secret. */
+static void test_migrate(void)
+{
+    char *db = bt_asprintf("%s/migrated.db", tmp);
+    struct out o = BATON("--config", cfgdir, "migrate", "--store", db);
+    CHECK_MSG(o.code == 0, "%s", o.err);
+    char want[64];
+    bt_fmt(want, sizeof want, "store schema version %d", BT_STORE_SCHEMA_VERSION);
+    CHECK_MSG(strstr(o.out, want) != NULL, "%s", o.out);
+    out_free(&o);
+    o = BATON("--config", cfgdir, "migrate", "--store", db); /* again: nothing to do */
+    CHECK_MSG(o.code == 0 && strstr(o.out, want) != NULL, "%s", o.err);
+    out_free(&o);
+    o = BATON("--config", cfgdir, "migrate", "--store", "postgres://baton:hunter2@127.0.0.1:1/x");
+    CHECK(o.code != 0);
+    CHECK_MSG(strstr(o.err, "hunter2") == NULL, "%s", o.err);
+    CHECK_MSG(strstr(o.err, "PGPASSWORD") != NULL || strstr(o.err, "password") != NULL, "%s",
+              o.err);
+    out_free(&o);
+    o = BATON("--config", cfgdir, "migrate", "--bogus");
+    CHECK_INT(o.code, 2);
+    out_free(&o);
+    free(db);
+}
+
 static void test_store_failures(void)
 {
     char bad[700];
@@ -303,6 +330,7 @@ int main(void)
     RUN(test_check_valid);
     RUN(test_check_reports_problems);
     RUN(test_check_chat);
+    RUN(test_migrate);
     RUN(test_store_failures);
     RUN(test_default_locations);
     RUN(test_audit_and_status);

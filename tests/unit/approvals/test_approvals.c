@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "approvals/approvals.h"
@@ -26,7 +27,7 @@
 /* ---- fixtures ------------------------------------------------------------ */
 
 static char g_dir[64];
-static char g_path[128];
+static char g_path[512]; /* SQLite file, or BATON_TEST_STORE's PostgreSQL URL */
 static bt_config *g_cfg;
 static bt_policy *g_policy;
 
@@ -211,8 +212,17 @@ static bool list_has(const json_t *arr, const char *s)
     return false;
 }
 
+/* SQL on a plain connection, outside the store: 0 (SQLITE_OK) when it ran. */
 static int raw_exec(const char *sql)
 {
+    if (strncmp(g_path, "postgres", 8) == 0) {
+        PGconn *c = PQconnectdb(g_path);
+        PGresult *r = PQexec(c, sql);
+        int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : 1;
+        PQclear(r);
+        PQfinish(c);
+        return rc;
+    }
     sqlite3 *db = NULL;
     int rc = sqlite3_open(g_path, &db);
     if (rc == SQLITE_OK)
@@ -1030,7 +1040,11 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
-    bt_fmt(g_path, sizeof g_path, "%s/store.db", g_dir);
+    const char *url = getenv("BATON_TEST_STORE"); /* tests/pg/pg_cluster.sh run */
+    if (url && *url)
+        bt_strlcpy(g_path, url, sizeof g_path);
+    else
+        bt_fmt(g_path, sizeof g_path, "%s/store.db", g_dir);
     bt_diag *d = bt_diag_new();
     g_cfg = bt_config_load(BT_SOURCE_DIR "/config", d);
     g_policy = g_cfg ? bt_policy_new(g_cfg, d) : NULL;

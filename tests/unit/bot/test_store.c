@@ -1,17 +1,27 @@
-/* Unit tests for bot/store (the facade and the SQLite backend). Every file
- * lives under a mkdtemp() directory in /tmp, removed at the end. */
+/* Unit tests for bot/store (the facade and both backends).
+ *
+ * Without BATON_TEST_STORE every store is an SQLite file under a mkdtemp()
+ * directory in /tmp, removed at the end. With BATON_TEST_STORE set to a
+ * postgres:// URL (tests/pg/pg_cluster.sh run sets it), every store is a
+ * fresh database on that server, named after the URL's own database with a
+ * number added, and dropped at the end. Checks about SQLite files (modes,
+ * WAL, damaged bytes, the busy handler) run for SQLite only; PostgreSQL has
+ * its own for those and for connection loss. */
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "bot/store/store.h"
 #include "bot/util.h"
+#include "pg_fresh.h"
 #include "test.h"
 
 #define BT_STR_(x) #x
@@ -19,11 +29,22 @@
 
 static char tmpdir[64];
 static int file_no;
+static bool pg_mode; /* BATON_TEST_STORE names a PostgreSQL database */
 
-/* A fresh file name in tmpdir (caller frees). */
+static bool is_pg(const char *location)
+{
+    return strncmp(location, "postgres", 8) == 0;
+}
+
+/* A fresh store location (caller frees): a file name in tmpdir, or a new
+ * empty database (pg_fresh.h). */
 static char *tmp_path(const char *stem)
 {
-    return bt_asprintf("%s/%s-%d.db", tmpdir, stem, ++file_no);
+    if (!pg_mode)
+        return bt_asprintf("%s/%s-%d.db", tmpdir, stem, ++file_no);
+    char *url = bt_pg_fresh();
+    CHECK(url != NULL);
+    return url ? url : bt_strdup("postgres://nowhere/none");
 }
 
 static bt_store *open_ok(const char *location)
@@ -35,10 +56,22 @@ static bt_store *open_ok(const char *location)
     return st;
 }
 
-/* Run SQL on a plain SQLite connection (not through the store). Returns the
- * SQLite result code; msg (may be NULL) gets the error message. */
+/* Run SQL on a plain connection (not through the store). Returns 0
+ * (SQLITE_OK) on success, else SQLite's result code or 1 for PostgreSQL;
+ * msg (may be NULL) gets the error message. */
 static int raw_exec(const char *path, const char *sql, char *msg, size_t msglen)
 {
+    if (is_pg(path)) {
+        PGconn *c = PQconnectdb(path);
+        PGresult *r = PQexec(c, sql);
+        int rc =
+            PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK ? 0 : 1;
+        if (msg)
+            bt_strlcpy(msg, rc ? PQerrorMessage(c) : "", msglen);
+        PQclear(r);
+        PQfinish(c);
+        return rc;
+    }
     sqlite3 *db = NULL;
     int rc = sqlite3_open(path, &db);
     if (rc == SQLITE_OK) {
@@ -55,6 +88,16 @@ static int raw_exec(const char *path, const char *sql, char *msg, size_t msglen)
 /* First column of the first row of sql as an integer (-1 on error). */
 static long long raw_int(const char *path, const char *sql)
 {
+    if (is_pg(path)) {
+        PGconn *c = PQconnectdb(path);
+        PGresult *r = PQexec(c, sql);
+        long long v = -1;
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+            v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        PQfinish(c);
+        return v;
+    }
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     long long v = -1;
@@ -64,6 +107,14 @@ static long long raw_int(const char *path, const char *sql)
     sqlite3_finalize(st);
     sqlite3_close(db);
     return v;
+}
+
+/* Drop one of audit_log's append-only triggers (each backend's syntax). */
+static void drop_trigger(const char *path, const char *name)
+{
+    char sql[128], msg[256];
+    bt_fmt(sql, sizeof sql, "DROP TRIGGER %s%s", name, is_pg(path) ? " ON audit_log" : "");
+    CHECK_MSG(raw_exec(path, sql, msg, sizeof msg) == 0, "%s: %s", sql, msg);
 }
 
 static char *read_all(const char *path, size_t *len)
@@ -150,12 +201,25 @@ static void test_locations(void)
     m = open_ok("sqlite::memory:");
     bt_store_close(m);
 
+    /* A password in a PostgreSQL URL is refused, and never echoed. */
     CHECK_INT(bt_store_open("postgres://baton:s3cret@db.example/baton", &st, err, sizeof err),
+              BT_ECONFIG);
+    CHECK(st == NULL);
+    CHECK_MSG(strstr(err, "password") != NULL && strstr(err, "PGPASSWORD") != NULL, "%s", err);
+    CHECK(strstr(err, "s3cret") == NULL);
+    CHECK_INT(bt_store_open("postgresql://db.example/baton?sslmode=disable&password=s3cret", &st,
+                            err, sizeof err),
+              BT_ECONFIG);
+    CHECK(strstr(err, "s3cret") == NULL);
+    CHECK_INT(
+        bt_store_open("postgresql://baton@db.example/baton?nosuchparam=1", &st, err, sizeof err),
+        BT_ECONFIG);
+    /* Nothing listens on port 1: refused at once, naming the location. */
+    CHECK_INT(bt_store_open("postgresql://baton@127.0.0.1:1/baton", &st, err, sizeof err),
               BT_EUNAVAIL);
     CHECK(st == NULL);
-    CHECK(strstr(err, "PostgreSQL store is not built yet") != NULL);
-    CHECK(strstr(err, "s3cret") == NULL);
-    CHECK_INT(bt_store_open("postgresql://h/db", &st, err, sizeof err), BT_EUNAVAIL);
+    CHECK_MSG(strstr(err, "postgresql://baton@127.0.0.1:1/baton: cannot connect") != NULL, "%s",
+              err);
 
     CHECK_INT(bt_store_open("", &st, err, sizeof err), BT_EINVAL);
     CHECK_INT(bt_store_open("sqlite:", &st, err, sizeof err), BT_EINVAL);
@@ -165,7 +229,7 @@ static void test_locations(void)
     CHECK_INT(bt_store_open(tmpdir, &st, err, sizeof err), BT_EIO);
     CHECK(strstr(err, tmpdir) != NULL);
     /* A parent that is a file. */
-    char *file = tmp_path("plain");
+    char *file = bt_asprintf("%s/plain", tmpdir);
     write_all(file, "x", 1);
     char *under = bt_asprintf("%s/sub/baton.db", file);
     CHECK_INT(bt_store_open(under, &st, err, sizeof err), BT_EIO);
@@ -184,7 +248,7 @@ static void test_newer_schema(void)
                        msg, sizeof msg),
               SQLITE_OK);
     size_t before_len = 0, after_len = 0;
-    char *before = read_all(path, &before_len);
+    char *before = pg_mode ? NULL : read_all(path, &before_len);
 
     bt_store *st = NULL;
     CHECK_INT(bt_store_open(path, &st, err, sizeof err), BT_EVERSION);
@@ -196,11 +260,14 @@ static void test_newer_schema(void)
     CHECK(strstr(err, "upgrade baton") != NULL);
 
     /* Nothing changed: same bytes, version row still there. */
-    char *after = read_all(path, &after_len);
-    CHECK(before && after && before_len == after_len && memcmp(before, after, before_len) == 0);
+    if (!pg_mode) {
+        char *after = read_all(path, &after_len);
+        CHECK(before && after && before_len == after_len && memcmp(before, after, before_len) == 0);
+        free(after);
+    }
     CHECK_INT(raw_int(path, "SELECT max(version) FROM schema_migrations"), 7);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM schema_migrations"), BT_STORE_SCHEMA_VERSION + 1);
     free(before);
-    free(after);
     free(path);
 }
 
@@ -529,7 +596,9 @@ static void test_assets_injection(void)
 static void test_assets_invalid(void)
 {
     char err[BT_ERRLEN];
-    bt_store *st = open_ok(":memory:");
+    char *loc = pg_mode ? tmp_path("invalid") : bt_strdup(":memory:");
+    bt_store *st = open_ok(loc);
+    free(loc);
     json_t *inv = inventory();
     CHECK_INT(bt_store_assets_replace(st, inv, err, sizeof err), BT_OK);
 
@@ -872,10 +941,9 @@ static void test_audit_chain(void)
     CHECK_INT(raw_int(path, "SELECT count(*) FROM audit_log"), 100);
 
     /* An edit made by other means is found, with its seq. */
-    CHECK_INT(raw_exec(path,
-                       "DROP TRIGGER audit_log_no_update;"
-                       "UPDATE audit_log SET detail_json = '{\"i\":99}' WHERE seq = 37;",
-                       msg, sizeof msg),
+    drop_trigger(path, "audit_log_no_update");
+    CHECK_INT(raw_exec(path, "UPDATE audit_log SET detail_json = '{\"i\":99}' WHERE seq = 37;", msg,
+                       sizeof msg),
               SQLITE_OK);
     st = open_ok(path);
     CHECK_INT(bt_store_audit_verify(st, &n, err, sizeof err), BT_ECORRUPT);
@@ -898,9 +966,8 @@ static void test_audit_tamper(void)
     bt_store_close(st);
 
     /* A deleted row is a gap. */
-    CHECK_INT(raw_exec(path,
-                       "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 1500;",
-                       msg, sizeof msg),
+    drop_trigger(path, "audit_log_no_delete");
+    CHECK_INT(raw_exec(path, "DELETE FROM audit_log WHERE seq = 1500;", msg, sizeof msg),
               SQLITE_OK);
     st = open_ok(path);
     CHECK_INT(bt_store_audit_verify(st, &n, err, sizeof err), BT_ECORRUPT);
@@ -914,8 +981,8 @@ static void test_audit_tamper(void)
     st = open_ok(path);
     append_n(st, 20, "carol");
     bt_store_close(st);
+    drop_trigger(path, "audit_log_no_update");
     CHECK_INT(raw_exec(path,
-                       "DROP TRIGGER audit_log_no_update;"
                        "UPDATE audit_log SET actor = 'mallory', hash = "
                        "'1111111111111111111111111111111111111111111111111111111111111111' "
                        "WHERE seq = 12;",
@@ -927,10 +994,8 @@ static void test_audit_tamper(void)
     bt_store_close(st);
 
     /* The first entry removed. */
-    CHECK_INT(raw_exec(path,
-                       "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 1;",
-                       msg, sizeof msg),
-              SQLITE_OK);
+    drop_trigger(path, "audit_log_no_delete");
+    CHECK_INT(raw_exec(path, "DELETE FROM audit_log WHERE seq = 1;", msg, sizeof msg), SQLITE_OK);
     st = open_ok(path);
     CHECK_INT(bt_store_audit_verify(st, &n, err, sizeof err), BT_ECORRUPT);
     CHECK_MSG(strstr(err, "seq 1:") != NULL, "%s", err);
@@ -1156,13 +1221,26 @@ static void test_console_tokens(void)
     CHECK_INT(bt_store_audit_of(st, "11111111111111111111111111111111", 0, &list, err, sizeof err),
               BT_EINVAL);
 
-    /* Housekeeping empties the write-ahead log; the data stays. */
-    char *wal = bt_asprintf("%s-wal", path);
-    struct stat sb;
-    CHECK(stat(wal, &sb) == 0 && sb.st_size > 0);
-    CHECK_INT(bt_store_maintain(st, err, sizeof err), BT_OK);
-    CHECK(stat(wal, &sb) == 0 && sb.st_size == 0);
-    free(wal);
+    /* Housekeeping (SQLite: a checkpoint copies the write-ahead log into
+     * the database, so later writes reuse the log from its start instead
+     * of growing it); the data stays. */
+    if (!pg_mode) {
+        char *wal = bt_asprintf("%s-wal", path);
+        struct stat sb;
+        CHECK(stat(wal, &sb) == 0 && sb.st_size > 0);
+        off_t before = sb.st_size;
+        CHECK_INT(bt_store_maintain(st, err, sizeof err), BT_OK);
+        for (int i = 0; i < 3; i++)
+            CHECK_INT(bt_store_audit_append(st, "33333333333333333333333333333333", "alice",
+                                            "after", NULL, err, sizeof err),
+                      BT_OK);
+        CHECK_MSG(stat(wal, &sb) == 0 && sb.st_size <= before,
+                  "the log grew from %lld to %lld bytes after a checkpoint", (long long)before,
+                  (long long)sb.st_size);
+        free(wal);
+    } else {
+        CHECK_INT(bt_store_maintain(st, err, sizeof err), BT_OK);
+    }
     CHECK_INT(bt_store_requests_of(st, "alice", 10, &list, err, sizeof err), BT_OK);
     CHECK_INT(json_array_size(list), 2);
     json_decref(list);
@@ -1170,21 +1248,463 @@ static void test_console_tokens(void)
     free(path);
 }
 
+/* ---- races (both backends) -------------------------------------------------- */
+
+#define RACE_N 40
+
+struct decider {
+    const char *path;
+    const char *user;
+    int wins;
+    int errors;
+    bool won; /* set by the check of the current call */
+    int checks;
+};
+
+/* Approve the approval if nobody has: the first caller wins it. */
+static enum bt_err approve_first(void *ctx, const json_t *ap, struct bt_store_approval_change *ch,
+                                 char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    struct decider *d = ctx;
+    d->checks++;
+    if (strcmp(json_string_value(json_object_get(ap, "state")), "pending") != 0 ||
+        json_array_size(json_object_get(ap, "decisions")) != 0)
+        return BT_OK;
+    ch->state = "approved";
+    ch->user = d->user;
+    ch->decision = "approve";
+    ch->step = -1;
+    ch->via = "test";
+    d->won = true;
+    return BT_OK;
+}
+
+static void *decide_thread(void *arg)
+{
+    struct decider *d = arg;
+    bt_store *st = NULL;
+    char err[BT_ERRLEN], id[32];
+    if (bt_store_open(d->path, &st, err, sizeof err) != BT_OK) {
+        d->errors = RACE_N;
+        return NULL;
+    }
+    for (int i = 0; i < RACE_N; i++) {
+        bt_fmt(id, sizeof id, "race-%d", i);
+        d->won = false;
+        if (bt_store_approval_update(st, id, approve_first, d, err, sizeof err) != BT_OK)
+            d->errors++;
+        else if (d->won)
+            d->wins++;
+    }
+    bt_store_close(st);
+    return NULL;
+}
+
+/* Two handles (two connections) race to decide the same approvals: each
+ * one is decided exactly once. */
+static void test_race_approval(void)
+{
+    char err[BT_ERRLEN];
+    char *path = tmp_path("race-approval");
+    bt_store *st = open_ok(path);
+    CHECK_INT(bt_store_request_add(st, "r1", "alice", "cli", "race", err, sizeof err), BT_OK);
+    add_plan(st, "p1", "r1");
+    json_t *req = json_pack("{s:i}", "approvers", 1);
+    for (int i = 0; i < RACE_N; i++) {
+        char id[32];
+        bt_fmt(id, sizeof id, "race-%d", i);
+        CHECK_INT(bt_store_approval_add(st, id, "p1", NULL, 1, req, bt_wall_ms() + 60000, err,
+                                        sizeof err),
+                  BT_OK);
+    }
+    json_decref(req);
+    struct decider a = {path, "alice", 0, 0, false, 0}, b = {path, "bob", 0, 0, false, 0};
+    pthread_t ta, tb;
+    CHECK(pthread_create(&ta, NULL, decide_thread, &a) == 0);
+    CHECK(pthread_create(&tb, NULL, decide_thread, &b) == 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK_INT(a.errors + b.errors, 0);
+    CHECK_INT(a.wins + b.wins, RACE_N);
+    CHECK_INT(a.checks, RACE_N); /* the check runs once per call */
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM approval_decisions"), RACE_N);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM approvals WHERE state = 'approved'"), RACE_N);
+    bt_store_close(st);
+    free(path);
+}
+
+struct claimer {
+    const char *path;
+    const char *worker;
+    long long ids[RACE_N];
+    int n;
+    int errors;
+};
+
+static void *claim_thread(void *arg)
+{
+    struct claimer *c = arg;
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    if (bt_store_open(c->path, &st, err, sizeof err) != BT_OK) {
+        c->errors++;
+        return NULL;
+    }
+    for (int guard = 0; guard < 4 * RACE_N; guard++) {
+        json_t *job = NULL;
+        if (bt_store_job_claim(st, c->worker, 86400000, &job, err, sizeof err) != BT_OK) {
+            c->errors++;
+            break;
+        }
+        if (!job)
+            break;
+        if (c->n < RACE_N)
+            c->ids[c->n++] = json_integer_value(json_object_get(job, "job_id"));
+        if (json_integer_value(json_object_get(job, "attempt")) != 1 ||
+            json_is_true(json_object_get(job, "reclaimed")))
+            c->errors++;
+        json_decref(job);
+    }
+    bt_store_close(st);
+    return NULL;
+}
+
+/* Two handles claim from one queue at the same time: every job is handed
+ * out exactly once. */
+static void test_race_claim(void)
+{
+    char err[BT_ERRLEN];
+    char *path = tmp_path("race-claim");
+    bt_store *st = open_ok(path);
+    CHECK_INT(bt_store_request_add(st, "r1", "alice", "cli", "race", err, sizeof err), BT_OK);
+    add_plan(st, "p1", "r1");
+    json_t *none = json_array();
+    for (int i = 0; i < RACE_N; i++) {
+        char id[32];
+        long long job = 0;
+        bt_fmt(id, sizeof id, "e%d", i);
+        CHECK_INT(bt_store_execution_add(st, id, "p1", "queued", err, sizeof err), BT_OK);
+        CHECK_INT(bt_store_job_add(st, id, -1, none, 3, bt_wall_ms(), &job, err, sizeof err),
+                  BT_OK);
+    }
+    json_decref(none);
+    struct claimer a = {.path = path, .worker = "wa"}, b = {.path = path, .worker = "wb"};
+    pthread_t ta, tb;
+    CHECK(pthread_create(&ta, NULL, claim_thread, &a) == 0);
+    CHECK(pthread_create(&tb, NULL, claim_thread, &b) == 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK_INT(a.errors + b.errors, 0);
+    CHECK_INT(a.n + b.n, RACE_N);
+    for (int i = 0; i < a.n; i++)
+        for (int k = 0; k < b.n; k++)
+            CHECK_MSG(a.ids[i] != b.ids[k], "job %lld claimed twice", a.ids[i]);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM jobs WHERE state = 'running' AND attempt = 1"),
+              RACE_N);
+    json_t *job = (json_t *)&job;
+    CHECK_INT(bt_store_job_claim(st, "wc", 86400000, &job, err, sizeof err), BT_OK);
+    CHECK(job == NULL);
+    bt_store_close(st);
+    free(path);
+}
+
+/* ---- PostgreSQL only ---------------------------------------------------------- */
+
+/* Two processes opening a new database at once: each migration is applied
+ * once, both end at the current version. */
+struct opener {
+    const char *path;
+    int version;
+};
+
+static void *open_thread(void *arg)
+{
+    struct opener *o = arg;
+    bt_store *st = NULL;
+    char err[BT_ERRLEN];
+    if (bt_store_open(o->path, &st, err, sizeof err) == BT_OK) {
+        o->version = bt_store_schema_version(st);
+        bt_store_close(st);
+    } else {
+        fprintf(stderr, "open: %s\n", err);
+    }
+    return NULL;
+}
+
+static void test_open_create_pg(void)
+{
+    char err[BT_ERRLEN];
+    char *path = tmp_path("create");
+    bt_store *st = open_ok(path);
+    CHECK_INT(bt_store_schema_version(st), BT_STORE_SCHEMA_VERSION);
+    bt_store_close(st);
+    for (int i = 0; i < 2; i++) {
+        st = open_ok(path);
+        CHECK_INT(bt_store_schema_version(st), BT_STORE_SCHEMA_VERSION);
+        char *v = NULL;
+        CHECK_INT(bt_store_setting_ensure(st, "k", "v", &v, err, sizeof err), BT_OK);
+        free(v);
+        bt_store_close(st);
+    }
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM schema_migrations"), BT_STORE_SCHEMA_VERSION);
+    CHECK_INT(raw_int(path, "SELECT max(version) FROM schema_migrations"), BT_STORE_SCHEMA_VERSION);
+    CHECK_INT(raw_int(path,
+                      "SELECT count(*) FROM pg_description d"
+                      " JOIN pg_class c ON c.oid = d.objoid"
+                      " WHERE c.relname = 'schema_migrations' AND d.description = 'baton store'"),
+              1);
+    free(path);
+
+    path = tmp_path("create-race");
+    struct opener o[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        o[i] = (struct opener){path, 0};
+        CHECK(pthread_create(&t[i], NULL, open_thread, &o[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CHECK_INT(o[i].version, BT_STORE_SCHEMA_VERSION);
+    }
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM schema_migrations"), BT_STORE_SCHEMA_VERSION);
+    free(path);
+}
+
+static void test_foreign_pg(void)
+{
+    char msg[256];
+    char *path = tmp_path("foreign");
+    CHECK_INT(raw_exec(path,
+                       "CREATE TABLE customers(id BIGINT PRIMARY KEY, name TEXT);"
+                       "INSERT INTO customers VALUES (1, 'alice');",
+                       msg, sizeof msg),
+              0);
+    expect_corrupt(path, "not a baton store: schema public holds another program's tables");
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), 1);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM customers"), 1);
+    free(path);
+
+    /* A schema_migrations table of another program (Rails, golang-migrate). */
+    path = tmp_path("foreign-migr");
+    CHECK_INT(raw_exec(path, "CREATE TABLE schema_migrations(version TEXT);", msg, sizeof msg), 0);
+    expect_corrupt(path, "not a baton store");
+    free(path);
+
+    /* Marked as baton's, but damaged. */
+    path = tmp_path("damaged");
+    CHECK_INT(raw_exec(path,
+                       "CREATE TABLE schema_migrations(v TEXT);"
+                       "COMMENT ON TABLE schema_migrations IS 'baton store';",
+                       msg, sizeof msg),
+              0);
+    expect_corrupt(path, "not a baton store or damaged");
+    free(path);
+}
+
+/* A lock held elsewhere for longer than lock_timeout: BT_ETIMEOUT. */
+static void test_busy_pg(void)
+{
+    char err[BT_ERRLEN];
+    char *path = tmp_path("busy");
+    bt_store *st = open_ok(path);
+    PGconn *c = PQconnectdb(path);
+    PGresult *r = PQexec(c, "BEGIN; SELECT pg_advisory_xact_lock(1650553966, 2)");
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+    int64_t t0 = bt_mono_ms();
+    CHECK_INT(bt_store_audit_append(st, NULL, NULL, "x", NULL, err, sizeof err), BT_ETIMEOUT);
+    CHECK(bt_mono_ms() - t0 >= 4000);
+    CHECK_MSG(strstr(err, "locked") != NULL, "%s", err);
+    PQclear(PQexec(c, "ROLLBACK"));
+    PQfinish(c);
+    CHECK_INT(bt_store_audit_append(st, NULL, NULL, "x", NULL, err, sizeof err), BT_OK);
+    bt_store_close(st);
+    free(path);
+}
+
+/* The store's server processes in path's database (baton sets its
+ * application_name), and whether any of them waits for a lock. */
+static long long store_backends(const char *path, bool waiting)
+{
+    return raw_int(path, waiting ? "SELECT count(*) FROM pg_stat_activity"
+                                   " WHERE datname = current_database()"
+                                   " AND application_name = 'baton' AND wait_event_type = 'Lock'"
+                                 : "SELECT count(*) FROM pg_stat_activity"
+                                   " WHERE datname = current_database()"
+                                   " AND application_name = 'baton'");
+}
+
+/* Terminate the store's connections from outside (as an administrator or
+ * a server restart would) and wait until those server processes are gone
+ * (the store may have made a new one by then). */
+static void kill_store(const char *path)
+{
+    PGconn *c = PQconnectdb(path);
+    PGresult *r = PQexec(c, "WITH v AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND application_name = 'baton')"
+                            " SELECT coalesce(array_agg(pid), '{}') FROM v"
+                            " WHERE pg_terminate_backend(pid)");
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1);
+    char pids[256] = "{}";
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        bt_strlcpy(pids, PQgetvalue(r, 0, 0), sizeof pids);
+    PQclear(r);
+    CHECK_MSG(strcmp(pids, "{}") != 0, "no store connection to kill");
+    const char *params[1] = {pids};
+    long long left = -1;
+    for (int i = 0; i < 500 && left != 0; i++) {
+        r = PQexecParams(c, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", 1,
+                         NULL, params, NULL, NULL, 0);
+        left = PQresultStatus(r) == PGRES_TUPLES_OK ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+        PQclear(r);
+        if (left != 0)
+            usleep(10000);
+    }
+    CHECK_INT(left, 0);
+    PQfinish(c);
+}
+
+struct killer_check {
+    const char *path;
+    int calls;
+};
+
+/* A check that loses the connection while the approval is held. */
+static enum bt_err kill_in_check(void *ctx, const json_t *ap, struct bt_store_approval_change *ch,
+                                 char *err, size_t errlen)
+{
+    (void)ap;
+    (void)err;
+    (void)errlen;
+    struct killer_check *k = ctx;
+    k->calls++;
+    kill_store(k->path);
+    ch->state = "approved";
+    return BT_OK;
+}
+
+struct bg_append {
+    bt_store *st;
+    enum bt_err e;
+    char err[BT_ERRLEN];
+};
+
+static void *append_bg(void *arg)
+{
+    struct bg_append *b = arg;
+    b->e = bt_store_audit_append(b->st, NULL, "bg", "tick", NULL, b->err, sizeof b->err);
+    return NULL;
+}
+
+/* The connection is killed from outside at several points; every call
+ * that had not committed is run again on a new connection, transparently. */
+static void test_reconnect_pg(void)
+{
+    char err[BT_ERRLEN];
+    char *path = tmp_path("reconnect");
+    bt_store *st = open_ok(path);
+    CHECK_INT(bt_store_request_add(st, "r1", "alice", "cli", "one", err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_audit_append(st, "r1", "alice", "one", NULL, err, sizeof err), BT_OK);
+
+    /* Killed while idle: writes, reads and snapshots just work. */
+    kill_store(path);
+    CHECK_MSG(bt_store_request_add(st, "r2", "alice", "cli", "two", err, sizeof err) == BT_OK, "%s",
+              err);
+    kill_store(path);
+    json_t *o = NULL;
+    CHECK_MSG(bt_store_request_get(st, "r2", &o, err, sizeof err) == BT_OK, "%s", err);
+    json_decref(o);
+    kill_store(path);
+    long long n = 0;
+    CHECK_MSG(bt_store_audit_verify(st, &n, err, sizeof err) == BT_OK && n == 1, "%s", err);
+    kill_store(path);
+    CHECK_MSG(bt_store_audit_append(st, "r2", "alice", "two", NULL, err, sizeof err) == BT_OK, "%s",
+              err);
+
+    /* Killed in the middle of a call (waiting for the audit chain lock):
+     * the call is run again on a new connection and succeeds. */
+    PGconn *c = PQconnectdb(path);
+    PGresult *r = PQexec(c, "BEGIN; SELECT pg_advisory_xact_lock(1650553966, 2)");
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+    struct bg_append bg = {st, BT_ESTORE, ""};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, append_bg, &bg) == 0);
+    for (int i = 0; i < 300 && store_backends(path, true) == 0; i++)
+        usleep(10000);
+    CHECK_INT(store_backends(path, true), 1);
+    kill_store(path);
+    PQclear(PQexec(c, "COMMIT"));
+    PQfinish(c);
+    pthread_join(t, NULL);
+    CHECK_MSG(bg.e == BT_OK, "%s", bg.err);
+    CHECK_MSG(bt_store_audit_verify(st, &n, err, sizeof err) == BT_OK && n == 3, "%s", err);
+
+    /* Killed inside a batch: the batch is gone, and says so, until it ends;
+     * nothing of it was written; the handle works afterwards. */
+    CHECK_INT(bt_store_batch_begin(st, err, sizeof err), BT_OK);
+    CHECK_INT(bt_store_request_add(st, "r3", "alice", "cli", "three", err, sizeof err), BT_OK);
+    kill_store(path);
+    CHECK_INT(bt_store_request_add(st, "r4", "alice", "cli", "four", err, sizeof err), BT_EUNAVAIL);
+    CHECK_MSG(strstr(err, "batch") != NULL, "%s", err);
+    CHECK_INT(bt_store_audit_append(st, NULL, "alice", "x", NULL, err, sizeof err), BT_EUNAVAIL);
+    CHECK_INT(bt_store_batch_end(st, true, err, sizeof err), BT_EUNAVAIL);
+    CHECK_MSG(strstr(err, "nothing of it was written") != NULL, "%s", err);
+    CHECK_INT(bt_store_request_get(st, "r3", &o, err, sizeof err), BT_ENOENT);
+    CHECK_INT(bt_store_request_add(st, "r3", "alice", "cli", "three", err, sizeof err), BT_OK);
+    /* and a batch given up on after a loss ends quietly */
+    CHECK_INT(bt_store_batch_begin(st, err, sizeof err), BT_OK);
+    kill_store(path);
+    CHECK_INT(bt_store_request_add(st, "r5", "alice", "cli", "five", err, sizeof err), BT_EUNAVAIL);
+    CHECK_INT(bt_store_batch_end(st, false, err, sizeof err), BT_OK);
+
+    /* Killed after approval_update's check ran: not run again (the check is
+     * called once), nothing written, the next call works. */
+    add_plan(st, "p1", "r1");
+    json_t *req = json_pack("{s:i}", "approvers", 1);
+    CHECK_INT(
+        bt_store_approval_add(st, "a1", "p1", NULL, 1, req, bt_wall_ms() + 60000, err, sizeof err),
+        BT_OK);
+    json_decref(req);
+    struct killer_check k = {path, 0};
+    CHECK_INT(bt_store_approval_update(st, "a1", kill_in_check, &k, err, sizeof err), BT_EUNAVAIL);
+    CHECK_INT(k.calls, 1);
+    CHECK_INT(bt_store_approval_get(st, "a1", &o, err, sizeof err), BT_OK);
+    CHECK_STR(json_string_value(json_object_get(o, "state")), "pending");
+    json_decref(o);
+    struct decider d = {path, "bob", 0, 0, false, 0};
+    CHECK_INT(bt_store_approval_update(st, "a1", approve_first, &d, err, sizeof err), BT_OK);
+    CHECK(d.won);
+    CHECK_MSG(bt_store_audit_verify(st, &n, err, sizeof err) == BT_OK && n == 3, "%s", err);
+    bt_store_close(st);
+    free(path);
+}
+
 int main(void)
 {
     umask(022);
+    pg_mode = bt_pg_mode();
     bt_strlcpy(tmpdir, "/tmp/bt-store-XXXXXX", sizeof tmpdir);
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 1;
     }
-    RUN(test_open_create);
+    if (pg_mode)
+        RUN(test_open_create_pg);
+    else
+        RUN(test_open_create);
     RUN(test_batch);
     RUN(test_console_tokens);
     RUN(test_locations);
     RUN(test_newer_schema);
-    RUN(test_corrupt);
-    RUN(test_foreign);
+    if (pg_mode) {
+        RUN(test_foreign_pg);
+    } else {
+        RUN(test_corrupt);
+        RUN(test_foreign);
+    }
     RUN(test_assets);
     RUN(test_assets_injection);
     RUN(test_assets_invalid);
@@ -1194,7 +1714,16 @@ int main(void)
     RUN(test_audit_tamper);
     RUN(test_two_handles);
     RUN(test_two_threads);
-    RUN(test_busy);
+    RUN(test_race_approval);
+    RUN(test_race_claim);
+    if (pg_mode) {
+        RUN(test_busy_pg);
+        RUN(test_reconnect_pg);
+    } else {
+        RUN(test_busy);
+    }
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (pg_mode)
+        bt_pg_fresh_drop_all();
     return bt_test_finish();
 }

@@ -19,6 +19,7 @@
 #include "pipeline/execute.h"
 #include "pipeline/plan.h"
 #include "pipeline/tools.h"
+#include "pg_fresh.h"
 #include "test.h"
 
 static char dir[] = "/tmp/bt-exec-XXXXXX";
@@ -186,7 +187,12 @@ static void env_open(struct env *e, const struct bt_execute_config *c)
 static void env_init(struct env *e, const struct bt_execute_config *c)
 {
     memset(e, 0, sizeof *e);
-    bt_fmt(e->store, sizeof e->store, "%s/store-%d.db", dir, ++store_no);
+    char *url = bt_pg_mode() ? bt_pg_fresh() : NULL;
+    if (url)
+        bt_strlcpy(e->store, url, sizeof e->store);
+    else
+        bt_fmt(e->store, sizeof e->store, "%s/store-%d.db", dir, ++store_no);
+    free(url);
     env_open(e, c);
 }
 
@@ -1177,6 +1183,8 @@ int main(void)
         RUN(test_locks);
     }
     bt_config_free(cfg);
+    if (bt_pg_mode())
+        bt_pg_fresh_drop_all();
     if (bt_test_failed == 0 && nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
     return bt_test_finish();
