@@ -3,7 +3,7 @@
  *
  *   ws_load --port N --conns C --messages M [--warmup W] [--text TEXT]
  *           [--token TOKEN]... [--server-pid PID] [--idle] [--json]
- *           [--timeout S] [--window K]
+ *           [--timeout S] [--window K] [--rate R]
  *
  * Opens C connections to ws://127.0.0.1:N/ws. With a token (baton) each
  * connection first signs in (hello, then waits for welcome); without one
@@ -12,6 +12,11 @@
  * next, until M messages were answered in all. The answer is, for baton, the
  * reply/plan/result whose in_reply_to is K; for the echo server, the very
  * bytes that were sent.
+ *
+ * --rate R paces the says instead: R messages per second over all the
+ * connections (each sends one every C/R seconds), an offered load the
+ * server may or may not keep up with; latency is then what a person sees at
+ * that load rather than the queueing of a saturated server.
  *
  * W warm-up messages run first and are not counted. Between warm-up and the
  * measured phase nothing is in flight, so the server's CPU time read from
@@ -65,6 +70,7 @@ struct opts {
     size_t ntokens;
     bool idle;
     bool json;
+    long rate; /* --rate: messages per second over all connections (0: as fast as answered) */
 };
 
 enum cstate { C_NEW, C_CONNECTING, C_HELLO, C_READY, C_WAIT };
@@ -78,6 +84,8 @@ struct lconn {
     bool send_say;   /* the next WRITEABLE writes a say */
     long long id;    /* the say waiting for its answer */
     int64_t sent_ns;
+    int64_t due_ns; /* --rate: when this connection may send next */
+    bool paced;     /* --rate: a say waits for due_ns */
     char *rx;
     size_t rx_len, rx_cap;
 };
@@ -109,6 +117,7 @@ struct load {
     bool failed;
     char err[512];
     lws_sorted_usec_list_t tick;
+    lws_sorted_usec_list_t pace;
 };
 
 static volatile sig_atomic_t interrupted;
@@ -273,13 +282,25 @@ static int write_say(struct lconn *c)
     return write_text(c, p, n);
 }
 
-/* Send the next say on this connection if the phase wants more. */
+/* Send the next say on this connection if the phase wants more. With
+ * --rate each connection sends at most one say every conns/rate seconds
+ * (from its previous send), so the server sees the offered load rather
+ * than as much as it can take; a say that is due while the previous one is
+ * still unanswered goes as soon as the answer comes. */
 static void next_say(struct lconn *c)
 {
     struct load *ld = c->ld;
     if ((ld->phase != P_WARMUP && ld->phase != P_MEASURE) || ld->sent >= ld->target ||
         c->send_say || c->st == C_WAIT)
         return; /* the connection has its one say in flight (or queued) already */
+    if (ld->o.rate > 0 && now_ns() < c->due_ns) {
+        c->paced = true; /* on_pace sends it */
+        return;
+    }
+    c->paced = false;
+    if (ld->o.rate > 0)
+        c->due_ns = (c->due_ns ? c->due_ns : now_ns()) +
+                    (int64_t)(1e9 * (double)ld->o.conns / (double)ld->o.rate);
     ld->sent++;
     c->send_say = true;
     lws_callback_on_writable(c->wsi);
@@ -296,8 +317,12 @@ static void start_phase(struct load *ld, enum phase ph, long target)
         ld->client_cpu_before = self_cpu_s();
         ld->t_start_ns = now_ns();
     }
-    for (long i = 0; i < ld->o.conns; i++)
+    for (long i = 0; i < ld->o.conns; i++) {
+        /* --rate: spread the connections' first says over one interval. */
+        if (ld->o.rate > 0 && !ld->c[i].due_ns)
+            ld->c[i].due_ns = now_ns() + (int64_t)(1e9 * (double)i / (double)ld->o.rate);
         next_say(&ld->c[i]);
+    }
 }
 
 /* Every connection is ready: warm up, measure, or (idle) wait and read. */
@@ -507,6 +532,17 @@ static void open_more(struct load *ld)
     }
 }
 
+/* --rate: send the says whose time has come (every millisecond). */
+static void on_pace(lws_sorted_usec_list_t *sul)
+{
+    struct load *ld = lws_container_of(sul, struct load, pace);
+    int64_t now = now_ns();
+    for (long i = 0; i < ld->o.conns; i++)
+        if (ld->c[i].paced && now >= ld->c[i].due_ns)
+            next_say(&ld->c[i]);
+    lws_sul_schedule(ld->ctx, 0, &ld->pace, on_pace, 1000);
+}
+
 /* Wakes the loop regularly so deadlines and signals are seen. */
 static void on_tick(lws_sorted_usec_list_t *sul)
 {
@@ -524,6 +560,8 @@ static void run(struct load *ld)
 {
     ld->deadline_ns = now_ns() + (int64_t)ld->o.timeout_s * 1000000000LL;
     lws_sul_schedule(ld->ctx, 0, &ld->tick, on_tick, TICK_US);
+    if (ld->o.rate > 0)
+        lws_sul_schedule(ld->ctx, 0, &ld->pace, on_pace, 1000);
     while (!ld->failed && ld->phase != P_DONE) {
         if (interrupted) {
             fail(ld, "interrupted");
@@ -548,6 +586,7 @@ static void run(struct load *ld)
             fail(ld, "lws_service failed");
     }
     lws_sul_cancel(&ld->tick);
+    lws_sul_cancel(&ld->pace);
 }
 
 /* ---- setup and report ------------------------------------------------------------ */
@@ -656,7 +695,7 @@ static int usage(const char *why)
         fprintf(stderr, "ws_load: %s\n", why);
     fprintf(stderr, "usage: ws_load --port N --conns C --messages M [--warmup W] [--text TEXT]\n"
                     "               [--token TOKEN]... [--server-pid PID] [--idle] [--json]\n"
-                    "               [--timeout SECONDS] [--window K]\n");
+                    "               [--timeout SECONDS] [--window K] [--rate MSGS_PER_S]\n");
     return 2;
 }
 
@@ -707,6 +746,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             ok = parse_num(v, 1, 86400, &o->timeout_s);
         else if (strcmp(a, "--window") == 0)
             ok = parse_num(v, 1, 10000, &o->window);
+        else if (strcmp(a, "--rate") == 0)
+            ok = parse_num(v, 1, 10000000, &o->rate);
         else if (strcmp(a, "--server-pid") == 0)
             ok = parse_num(v, 1, 1L << 30, &o->server_pid);
         else if (strcmp(a, "--text") == 0) {
