@@ -13,6 +13,13 @@
  * message per WRITEABLE callback, with LWS_PRE bytes of headroom.
  *
  * Counters shared by both sides (metrics) sit under their own mutex.
+ *
+ * With a PostgreSQL store one more thread, the listener, waits on a store
+ * handle of its own for the approval ids other processes (and this one)
+ * announce when they change something (bt_store_changes), and hands them
+ * to the loop like a worker's result; the loop asks a worker to rebuild
+ * exactly those cards, so a decision made on another host shows here at
+ * once instead of at the next 5 s refresh (which stays, as the fallback).
  */
 #include "bot/server.h"
 #include "bot/console/console.h"
@@ -34,7 +41,8 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:8080"
 #define JOB_QUEUE_MAX 256           /* jobs waiting for a worker */
-#define OUTQ_MAX 64                 /* messages waiting to be written per connection */
+#define OUTQ_MAX 4096               /* messages waiting to be written per connection */
+#define OUTQ_BYTES_MAX (8u << 20)   /* and their bytes */
 #define SWEEP_INTERVAL_US 5000000LL /* approval timers, store housekeeping */
 #define TICK_US 250000LL            /* idle checks and the stop flag */
 #define STOP_WAIT_MS 30000          /* how long workers may take to finish on SIGTERM */
@@ -51,7 +59,9 @@ static const double latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
 #define REFRESH_HOT_MS 250              /* running executions: progress */
 #define REFRESH_FULL_MS 5000            /* everything, incl. other processes' decisions */
 #define AUDIT_MAX 500
-#define WATCH_MS 30000 /* after a decision, until the execution shows */
+#define WATCH_MS 30000      /* after a decision, until the execution shows */
+#define LISTEN_WAIT_MS 1000 /* the listener's wait, so it sees the stop flag */
+#define CHANGED_MAX 2000    /* announced ids waiting; past it, refresh everything */
 
 #define GEN_RETIRED_MAX 8   /* reloads in flight before another is refused */
 #define CHAT_BODY_MAX 65536 /* a chat platform's callback */
@@ -87,9 +97,11 @@ struct result {
     json_t *messages; /* array */
     char *user;
     char *role;
-    json_t *cards;      /* cards that may have changed (array or NULL) */
-    bool refresh;       /* the answer to a JOB_REFRESH */
-    bt_chat_task *task; /* a JOB_CHAT that ran (conn_id: its HTTP request, or 0) */
+    json_t *cards;       /* cards that may have changed (array or NULL) */
+    bool refresh;        /* the answer to a polling JOB_REFRESH */
+    bool change_refresh; /* the answer to a JOB_REFRESH for announced changes */
+    json_t *changed;     /* from the listener: approval ids announced, or "*" */
+    bt_chat_task *task;  /* a JOB_CHAT that ran (conn_id: its HTTP request, or 0) */
     struct result *next;
 };
 
@@ -158,7 +170,9 @@ struct conn {
     bool rx_toobig;
     char *user;
     char *role;
-    json_t *outq; /* array of strings waiting to be written */
+    json_t *outq;      /* array of strings waiting to be written */
+    json_t *outq_keys; /* the same length: a card's approval id, or null */
+    size_t outq_bytes;
     int64_t last_rx_ms;
     struct conn *next;
     /* HTTP */
@@ -219,6 +233,13 @@ struct bt_server {
     size_t nretired;
     struct metrics m;
     bt_chat *chat; /* NULL without team chat */
+    /* change notifications (PostgreSQL only) */
+    bt_store *listener;        /* the listener thread's handle, or NULL */
+    pthread_t listener_thread; /* running when listener is not NULL */
+    pthread_cond_t stop_cv;    /* broadcast when stopping */
+    json_t *changed_ids;       /* loop: announced ids to refresh (object as a set) */
+    bool changed_all;          /* loop: refresh every card ("*") */
+    bool change_refresh_in_flight;
 };
 
 struct worker_arg {
@@ -744,6 +765,7 @@ static void result_free(struct result *r)
 {
     json_decref(r->messages);
     json_decref(r->cards);
+    json_decref(r->changed);
     free(r->user);
     free(r->role);
     free(r);
@@ -751,13 +773,15 @@ static void result_free(struct result *r)
 
 /* Rebuild the cards of the approvals named in msg.ids and, when msg.full,
  * of every approval waiting: progress of running executions, and decisions
- * made elsewhere (the CLI, another process). */
+ * made elsewhere (the CLI, another process). msg.announced: the ids came
+ * from change notifications. */
 static struct result *run_refresh(struct bt_server *s, bt_pipeline *p, const json_t *msg)
 {
     struct result *res = bt_calloc(1, sizeof *res);
     res->messages = json_array();
     res->cards = json_array();
-    res->refresh = true;
+    res->change_refresh = json_is_true(json_object_get(msg, "announced"));
+    res->refresh = !res->change_refresh;
     json_t *ids = json_deep_copy(json_object_get(msg, "ids"));
     if (!json_is_array(ids)) {
         json_decref(ids);
@@ -1060,6 +1084,72 @@ static void *runner_main(void *arg)
     return NULL;
 }
 
+/* The listener (PostgreSQL only): waits on its own store handle for the
+ * approval ids that writes in any process announce, and hands each batch
+ * to the loop. Looks at the stop flag at least once per LISTEN_WAIT_MS
+ * (bt_store_changes waits no longer, reconnecting included). */
+static void *listener_main(void *arg)
+{
+    struct bt_server *s = arg;
+    bool down = false;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        bool stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        json_t *ids = NULL;
+        char err[BT_ERRLEN];
+        int64_t t0 = bt_mono_ms();
+        enum bt_err e = bt_store_changes(s->listener, LISTEN_WAIT_MS, &ids, err, sizeof err);
+        if (e != BT_OK) {
+            if (!down)
+                bt_log(BT_LOG_WARN, "server", NULL,
+                       "change notifications lost: %s; until they are back, changes made by "
+                       "other processes show within %d s",
+                       err, REFRESH_FULL_MS / 1000);
+            down = true;
+            /* Never a busy loop, whatever the failure. */
+            pthread_mutex_lock(&s->mu);
+            int64_t left = LISTEN_WAIT_MS - (bt_mono_ms() - t0);
+            if (!s->stopping && left > 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += (long)(left % 1000) * 1000000L;
+                ts.tv_sec += (time_t)(left / 1000) + ts.tv_nsec / 1000000000L;
+                ts.tv_nsec %= 1000000000L;
+                pthread_cond_timedwait(&s->stop_cv, &s->mu, &ts);
+            }
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
+        bool all = false;
+        size_t i;
+        json_t *v;
+        json_array_foreach(ids, i, v)
+        {
+            if (strcmp(json_string_value(v), BT_STORE_CHANGES_ALL) == 0)
+                all = true;
+        }
+        if (all)
+            bt_log(BT_LOG_WARN, "server", NULL,
+                   down ? "change notifications are back; refreshing every card"
+                        : "change notifications: the connection to the database was lost and "
+                          "made again; refreshing every card");
+        down = false;
+        if (json_array_size(ids) == 0) {
+            json_decref(ids);
+            continue;
+        }
+        struct result *res = bt_calloc(1, sizeof *res);
+        res->messages = json_array();
+        res->changed = ids;
+        result_push(s, res);
+    }
+    thread_done(s);
+    return NULL;
+}
+
 /* Queue a job; false when the queue is full (the caller answers busy). */
 static bool job_push(struct bt_server *s, struct job *j)
 {
@@ -1090,13 +1180,29 @@ static struct conn *conn_find(struct bt_server *s, uint64_t id)
 
 /* Queue a message for a connection (steals msg). Past the cap the
  * connection is too slow to read its answers and is closed. */
-static void conn_send(struct conn *c, json_t *msg)
+/* Queue a message for a connection (steals msg). key (or NULL) names what
+ * the message is the newest state of (an approval's card): a queued,
+ * unwritten message with the same key is replaced rather than followed, so
+ * a burst of refreshes costs a slow reader one card per approval. Past the
+ * caps the connection is too slow to read its answers and is closed. */
+static void conn_send_keyed(struct conn *c, json_t *msg, const char *key)
 {
     char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
     json_decref(msg);
     if (!text)
         return;
-    if (json_array_size(c->outq) >= OUTQ_MAX) {
+    size_t n = strlen(text);
+    for (size_t i = 0; key && i < json_array_size(c->outq_keys); i++) {
+        const char *k = json_string_value(json_array_get(c->outq_keys, i));
+        if (k && strcmp(k, key) == 0) {
+            c->outq_bytes -= strlen(json_string_value(json_array_get(c->outq, i)));
+            c->outq_bytes += n;
+            json_array_set_new(c->outq, i, json_string(text));
+            free(text);
+            return;
+        }
+    }
+    if (json_array_size(c->outq) >= OUTQ_MAX || c->outq_bytes + n > OUTQ_BYTES_MAX) {
         bt_log(BT_LOG_WARN, "server", NULL, "connection %llu: outgoing queue full; closing",
                (unsigned long long)c->id);
         free(text);
@@ -1104,8 +1210,15 @@ static void conn_send(struct conn *c, json_t *msg)
         return;
     }
     json_array_append_new(c->outq, json_string(text));
+    json_array_append_new(c->outq_keys, key ? json_string(key) : json_null());
+    c->outq_bytes += n;
     free(text);
     lws_callback_on_writable(c->wsi);
+}
+
+static void conn_send(struct conn *c, json_t *msg)
+{
+    conn_send_keyed(c, msg, NULL);
 }
 
 /* ---- cards (loop thread only) --------------------------------------------
@@ -1214,7 +1327,8 @@ static void cards_dispatch(struct bt_server *s, const json_t *card)
             continue;
         json_t *mine = card_as_seen(card, c->user, c->role);
         if (mine)
-            conn_send(c, json_pack("{s:s, s:o}", "type", "card", "card", mine));
+            conn_send_keyed(c, json_pack("{s:s, s:o}", "type", "card", "card", mine),
+                            json_string_value(json_object_get(card, "approval_id")));
     }
 }
 
@@ -1269,6 +1383,62 @@ static void cards_maybe_refresh(struct bt_server *s, int64_t now)
         s->last_full_refresh_ms = now;
         cards_prune(s, now);
     }
+}
+
+/* Approval ids announced by the listener (ids: borrowed array; "*": all):
+ * their cards are watched closely (what a decision released is about to
+ * run) and refreshed by changes_flush. */
+static void changes_note(struct bt_server *s, const json_t *ids)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(ids, i, v)
+    {
+        const char *aid = json_string_value(v);
+        if (strcmp(aid, BT_STORE_CHANGES_ALL) == 0) {
+            s->changed_all = true;
+            continue;
+        }
+        cards_watch(s, aid);
+        if (!s->changed_all)
+            json_object_set_new(s->changed_ids, aid, json_true());
+    }
+    /* Bounded: past CHANGED_MAX waiting ids, one full refresh is cheaper. */
+    if (s->changed_all || json_object_size(s->changed_ids) > CHANGED_MAX) {
+        s->changed_all = true;
+        json_object_clear(s->changed_ids);
+    }
+}
+
+/* Ask a worker to rebuild the cards of the announced approvals: exactly
+ * those, or (after "*") every card still open and every pending approval.
+ * One such refresh at a time: what is announced meanwhile waits for the
+ * next one, so a burst of announcements costs a few refreshes, not one per
+ * announcement. */
+static void changes_flush(struct bt_server *s)
+{
+    if (s->change_refresh_in_flight || (!s->changed_all && json_object_size(s->changed_ids) == 0))
+        return;
+    json_t *ids = json_array();
+    if (s->changed_all) {
+        for (size_t i = 0; i < s->ncards; i++)
+            if (!card_ended(s->cards[i].card))
+                json_array_append_new(ids, json_string(s->cards[i].approval_id));
+    } else {
+        const char *aid;
+        json_t *v;
+        json_object_foreach(s->changed_ids, aid, v) json_array_append_new(ids, json_string(aid));
+    }
+    struct job *j = bt_calloc(1, sizeof *j);
+    j->kind = JOB_REFRESH;
+    j->msg = json_pack("{s:o, s:b, s:b}", "ids", ids, "full", s->changed_all, "announced", 1);
+    if (!job_push(s, j)) {
+        job_free(j); /* the queue is full: the next tick tries again */
+        return;
+    }
+    s->change_refresh_in_flight = true;
+    s->changed_all = false;
+    json_object_clear(s->changed_ids);
 }
 
 /* The answer to an HTTP request a chat task made (a Mattermost button):
@@ -1342,6 +1512,12 @@ static void drain_results(struct bt_server *s)
         }
         if (r->refresh)
             s->refresh_in_flight = false;
+        if (r->change_refresh)
+            s->change_refresh_in_flight = false;
+        if (r->changed)
+            changes_note(s, r->changed);
+        if (r->changed || r->change_refresh)
+            changes_flush(s);
         if (r->task) {
             if (r->conn_id && c && !c->is_ws)
                 http_deferred(c, r->task);
@@ -1530,6 +1706,7 @@ static void conn_free(struct conn *c)
     free(c->user);
     free(c->role);
     json_decref(c->outq);
+    json_decref(c->outq_keys);
     free(c->http_body);
     free(c);
 }
@@ -1713,6 +1890,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         c->is_ws = true;
         c->rx.max = (size_t)s->max_frame;
         c->outq = json_array();
+        c->outq_keys = json_array();
         c->last_rx_ms = bt_mono_ms();
         c->next = s->conns;
         s->conns = c;
@@ -1758,6 +1936,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         int w = lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_TEXT);
         free(buf);
         json_array_remove(c->outq, 0);
+        json_array_remove(c->outq_keys, 0);
+        c->outq_bytes -= n;
         if (w < (int)n)
             return -1;
         if (json_array_size(c->outq) > 0)
@@ -1811,6 +1991,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         }
     cards_maybe_refresh(s, now);
+    changes_flush(s);
     if (s->chat)
         bt_chat_tick(s->chat, now);
     if (s->reload && *s->reload) {
@@ -1859,6 +2040,32 @@ static void raise_fd_limit(void)
     }
 }
 
+/* Change notifications need a store handle of their own for the listener
+ * thread, opened from the location the pipelines use. SQLite has none
+ * (bt_store_listen says so): there, decisions made by other processes show
+ * through the 5 s refresh alone, as before. */
+static void listener_open(struct bt_server *s, const bt_config *cfg)
+{
+    const char *loc = s->store_override ? s->store_override
+                                        : json_string_value(bt_config_get(cfg, "store.location"));
+    if (!loc)
+        return; /* the pipelines' default, an SQLite file */
+    char err[BT_ERRLEN];
+    if (bt_store_open(loc, &s->listener, err, sizeof err) != BT_OK) {
+        bt_log(BT_LOG_WARN, "server", NULL,
+               "no change notifications: %s; changes made by other processes show within %d s", err,
+               REFRESH_FULL_MS / 1000);
+        return;
+    }
+    if (bt_store_listen(s->listener, err, sizeof err) != BT_OK) {
+        bt_log(BT_LOG_INFO, "server", NULL,
+               "no change notifications (%s): changes made by other processes show within %d s",
+               err, REFRESH_FULL_MS / 1000);
+        bt_store_close(s->listener);
+        s->listener = NULL;
+    }
+}
+
 enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const char *store_override,
                           volatile sig_atomic_t *stop, volatile sig_atomic_t *reload, char *err,
                           size_t errlen)
@@ -1887,6 +2094,8 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     pthread_mutex_init(&s->m.mu, NULL);
     pthread_cond_init(&s->job_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
+    pthread_cond_init(&s->stop_cv, NULL);
+    s->changed_ids = json_object();
 
     /* One pipeline (with its own store handle) per thread, built before
      * any thread starts so a configuration problem stops `serve` at once. */
@@ -1959,6 +2168,25 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
         }
         started++;
     }
+    if (rc == BT_OK)
+        listener_open(s, cfg);
+    if (rc == BT_OK && s->listener) {
+        pthread_mutex_lock(&s->mu);
+        s->workers_alive++;
+        pthread_mutex_unlock(&s->mu);
+        if (pthread_create(&s->listener_thread, NULL, listener_main, s) != 0) {
+            pthread_mutex_lock(&s->mu);
+            s->workers_alive--;
+            pthread_mutex_unlock(&s->mu);
+            bt_log(BT_LOG_WARN, "server", NULL,
+                   "cannot start the listener thread: no change notifications");
+            bt_store_close(s->listener);
+            s->listener = NULL;
+        } else {
+            bt_log(BT_LOG_INFO, "server", NULL,
+                   "change notifications on: changes made by other processes show at once");
+        }
+    }
     if (rc == BT_OK) {
         bt_log(BT_LOG_INFO, "server", NULL,
                "listening on %s:%d with %lld workers and %lld job runners", s->host, s->port,
@@ -1980,6 +2208,7 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     s->stopping = true;
     pthread_cond_broadcast(&s->job_cv);
     pthread_cond_broadcast(&s->runner_cv);
+    pthread_cond_broadcast(&s->stop_cv);
     int64_t deadline = bt_mono_ms() + STOP_WAIT_MS;
     while (s->workers_alive > 0 && bt_mono_ms() < deadline) {
         struct timespec ts;
@@ -1997,6 +2226,10 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     }
     for (int i = 0; i < started; i++)
         pthread_join(s->threads[i], NULL);
+    if (s->listener) {
+        pthread_join(s->listener_thread, NULL);
+        bt_store_close(s->listener);
+    }
     if (s->ctx) {
         lws_sul_cancel(&s->sweep_sul);
         lws_sul_cancel(&s->tick_sul);
@@ -2036,6 +2269,8 @@ enum bt_err bt_server_run(bt_config *cfg, const char *listen_override, const cha
     pthread_cond_destroy(&s->job_cv);
     pthread_cond_destroy(&s->done_cv);
     pthread_cond_destroy(&s->runner_cv);
+    pthread_cond_destroy(&s->stop_cv);
+    json_decref(s->changed_ids);
     free(s);
     return rc;
 }

@@ -46,6 +46,13 @@
 #define EXEC_JOB_RETRY_MS 2000
 /* bt_execute_worker_once runs recovery at most this often. */
 #define EXEC_RECOVER_EVERY_MS 10000
+/* A write that records what a run did or is about to do is tried again for
+ * this long while the store is away for a moment (a database restart or
+ * failover, a lock held elsewhere), waiting EXEC_STORE_RETRY_FIRST_MS at
+ * first and at most EXEC_STORE_RETRY_MAX_MS between tries. */
+#define EXEC_STORE_RETRY_MS 30000
+#define EXEC_STORE_RETRY_FIRST_MS 100
+#define EXEC_STORE_RETRY_MAX_MS 2000
 #define EXEC_TEXT_SHOWN 60
 #define EXEC_ACTOR_WORKER "baton-worker"
 
@@ -344,6 +351,10 @@ struct bt_execute {
     /* The background job being run, for heartbeats (0: none). */
     long long job_id;
     int64_t job_beat_ms;
+    /* A write gave up waiting for the store (store_retry): until one
+     * succeeds, later writes try once, so a long outage costs a run one
+     * wait, not one per write. */
+    bool store_away;
 };
 
 bt_execute *bt_execute_new(const struct bt_execute_config *conf, bt_connectors *conns,
@@ -374,14 +385,84 @@ void bt_execute_free(bt_execute *ex)
     free(ex);
 }
 
+static void sleep_ms(int64_t ms);
+static void heartbeat(bt_execute *ex, bool force);
+
+/* Whether to try a store write again after it failed with e: only when the
+ * same call may well work a moment later (the store was unavailable, or a
+ * lock or statement timed out), and only until EXEC_STORE_RETRY_MS have
+ * passed since `since` (monotonic), and not at all after a write of ex
+ * gave up until one succeeds (store_ok). Waits before saying yes, keeping
+ * the lease of ex's background job meanwhile (ex may be NULL). *round
+ * counts the tries (start at 0).
+ *
+ * Why: a write the engine skips leaves the store behind reality, e.g. a
+ * step that ended still shown "running" under an execution that went on to
+ * completed, or a step_finished missing from the audit log. A database
+ * restart takes seconds; the store's own reconnect gives up after 5 s.
+ * The price is rare: when a connection broke while COMMIT was on its way
+ * the first write may have landed, so an audit entry can then appear twice
+ * (state writes are idempotent, and xmove checks). */
+static bool store_retry(bt_execute *ex, enum bt_err e, int64_t since, int *round,
+                        const char *request_id, const char *what, const char *err)
+{
+    if (e != BT_EUNAVAIL && e != BT_ETIMEOUT)
+        return false;
+    if (ex && ex->store_away)
+        return false;
+    int64_t left = EXEC_STORE_RETRY_MS - (bt_mono_ms() - since);
+    if (left <= 0) {
+        if (ex)
+            ex->store_away = true;
+        return false;
+    }
+    if (*round == 0)
+        bt_log(BT_LOG_WARN, "execute", request_id, "%s: %s; trying again for up to %lld ms", what,
+               err, (long long)left);
+    int64_t wait = EXEC_STORE_RETRY_FIRST_MS;
+    for (int i = 0; i < *round && wait < EXEC_STORE_RETRY_MAX_MS; i++)
+        wait *= 2;
+    if (wait > EXEC_STORE_RETRY_MAX_MS)
+        wait = EXEC_STORE_RETRY_MAX_MS;
+    (*round)++;
+    sleep_ms(wait < left ? wait : left);
+    if (ex)
+        heartbeat(ex, false);
+    return true;
+}
+
+/* A write succeeded: the store is back. */
+static void store_ok(bt_execute *ex)
+{
+    if (ex)
+        ex->store_away = false;
+}
+
+/* Append to the audit log; a store that is away for a moment is waited
+ * for (store_retry), so what ran is on record. ex may be NULL. Steals
+ * detail. */
+static void audit_ex(bt_execute *ex, bt_store *st, const char *request_id, const char *actor,
+                     const char *event, json_t *detail)
+{
+    char err[BT_ERRLEN];
+    int64_t since = bt_mono_ms();
+    int round = 0;
+    enum bt_err e;
+    while ((e = bt_store_audit_append(st, request_id && *request_id ? request_id : NULL, actor,
+                                      event, detail, err, sizeof err)) != BT_OK &&
+           store_retry(ex, e, since, &round, request_id, "audit log", err))
+        ;
+    if (e == BT_OK)
+        store_ok(ex);
+    else
+        bt_log(BT_LOG_ERROR, "execute", request_id, "audit log: %s", err);
+    json_decref(detail);
+}
+
 static void audit(bt_store *st, const char *request_id, const char *actor, const char *event,
                   json_t *detail)
 {
-    char err[BT_ERRLEN];
-    if (bt_store_audit_append(st, request_id && *request_id ? request_id : NULL, actor, event,
-                              detail, err, sizeof err) != BT_OK)
-        bt_log(BT_LOG_ERROR, "execute", request_id, "audit log: %s", err);
-    json_decref(detail);
+    audit_ex(NULL, st, request_id, actor, event, detail);
 }
 
 /* Keep a background job's lease while a run goes on (calling thread). */
@@ -737,10 +818,27 @@ static enum bt_err xmove(struct run *r, int to, const json_t *result, char *err,
                xs_names[to]);
         return BT_EINVAL;
     }
-    enum bt_err e = bt_store_execution_transition(r->ex->st, r->id, xs_names[r->xstate],
-                                                  xs_names[to], result, err, errlen);
-    if (e == BT_OK)
+    int64_t since = bt_mono_ms();
+    int round = 0;
+    enum bt_err e;
+    while ((e = bt_store_execution_transition(r->ex->st, r->id, xs_names[r->xstate], xs_names[to],
+                                              result, err, errlen)) != BT_OK &&
+           store_retry(r->ex, e, since, &round, r->request_id, "execution state", err))
+        ;
+    if (e == BT_ENOENT && round > 0) {
+        /* A try whose COMMIT was under way when the connection broke may
+         * have made the move already. */
+        json_t *x = NULL;
+        char ignored[BT_ERRLEN];
+        if (bt_store_execution_get(r->ex->st, r->id, &x, ignored, sizeof ignored) == BT_OK &&
+            strcmp(step_str(x, "state") ? step_str(x, "state") : "", xs_names[to]) == 0)
+            e = BT_OK;
+        json_decref(x);
+    }
+    if (e == BT_OK) {
+        store_ok(r->ex);
         r->xstate = to;
+    }
     return e;
 }
 
@@ -753,8 +851,15 @@ static enum bt_err smove(struct run *r, size_t i, enum ss to, const json_t *resu
                r->id, i, ss_names[r->state[i]], ss_names[to]);
         return BT_EINVAL;
     }
-    enum bt_err e =
-        bt_store_step_set(r->ex->st, r->id, (int)i, ss_names[to], result, err, sizeof err);
+    int64_t since = bt_mono_ms();
+    int round = 0;
+    enum bt_err e;
+    while ((e = bt_store_step_set(r->ex->st, r->id, (int)i, ss_names[to], result, err,
+                                  sizeof err)) != BT_OK &&
+           store_retry(r->ex, e, since, &round, r->request_id, "step state", err))
+        ;
+    if (e == BT_OK)
+        store_ok(r->ex);
     if (e != BT_OK) {
         bt_log(BT_LOG_ERROR, "execute", r->request_id, "execution %s step %zu: %s", r->id, i, err);
         return e;
@@ -1082,8 +1187,8 @@ static bool take_locks(struct run *r, json_t **out)
             json_t *o = fail_run(r, "asset_busy", msg);
             json_object_set_new(o, "state", json_string("cancelled"));
             if (xmove(r, XS_CANCELLED, o, err, sizeof err) == BT_OK)
-                audit(ex->st, r->request_id, r->actor, "execution_refused",
-                      json_pack("{s:s, s:s}", "execution_id", r->id, "reason", msg));
+                audit_ex(ex, ex->st, r->request_id, r->actor, "execution_refused",
+                         json_pack("{s:s, s:s}", "execution_id", r->id, "reason", msg));
             else
                 json_object_set_new(o, "state", json_string(xs_names[r->xstate]));
             notify_progress(r, -1, xs_names[r->xstate], msg);
@@ -1098,8 +1203,8 @@ static bool take_locks(struct run *r, json_t **out)
                 free(msg);
                 break;
             }
-            audit(ex->st, r->request_id, r->actor, "execution_queued",
-                  json_pack("{s:s, s:s}", "execution_id", r->id, "reason", msg));
+            audit_ex(ex, ex->st, r->request_id, r->actor, "execution_queued",
+                     json_pack("{s:s, s:s}", "execution_id", r->id, "reason", msg));
         }
         if (!last || strcmp(last, msg) != 0)
             notify_progress(r, -1, "queued", msg);
@@ -1119,8 +1224,8 @@ static bool take_locks(struct run *r, json_t **out)
             json_t *o = fail_run(r, "lock_timeout", why);
             json_object_set_new(o, "state", json_string("timed_out"));
             if (xmove(r, XS_TIMED_OUT, o, err, sizeof err) == BT_OK)
-                audit(ex->st, r->request_id, r->actor, "execution_timed_out",
-                      json_pack("{s:s, s:s}", "execution_id", r->id, "reason", why));
+                audit_ex(ex, ex->st, r->request_id, r->actor, "execution_timed_out",
+                         json_pack("{s:s, s:s}", "execution_id", r->id, "reason", why));
             else
                 json_object_set_new(o, "state", json_string(xs_names[r->xstate]));
             notify_progress(r, -1, xs_names[r->xstate], why);
@@ -1203,11 +1308,11 @@ static void step_record(struct run *r, struct task *t)
     smove(r, i, s, res);
     r->state[i] = s; /* even if the store refused: this run knows what happened */
     store_progress(r);
-    audit(r->ex->st, r->request_id, r->actor, "step_finished",
-          json_pack("{s:s, s:I, s:s?, s:s?, s:s, s:i, s:o}", "execution_id", r->id, "index",
-                    (json_int_t)i, "tool", step_str(step_at(r, i), "tool"), "target",
-                    step_str(step_at(r, i), "target"), "state", ss_names[s], "attempts",
-                    t->attempts, "result", audit_result(res)));
+    audit_ex(r->ex, r->ex->st, r->request_id, r->actor, "step_finished",
+             json_pack("{s:s, s:I, s:s?, s:s?, s:s, s:i, s:o}", "execution_id", r->id, "index",
+                       (json_int_t)i, "tool", step_str(step_at(r, i), "tool"), "target",
+                       step_str(step_at(r, i), "target"), "state", ss_names[s], "attempts",
+                       t->attempts, "result", audit_result(res)));
     notify_progress(r, (int)i, ss_names[s], NULL);
     if (s != SS_COMPLETED)
         r->failed = true;
@@ -1280,9 +1385,9 @@ static void compensate(struct run *r)
         if (!cname)
             continue;
         const json_t *tool = bt_tools_for(r->ex->tools, cname, target_of(r, step));
-        audit(r->ex->st, r->request_id, r->actor, "compensation_started",
-              json_pack("{s:s, s:I, s:s}", "execution_id", r->id, "undoes", (json_int_t)i, "tool",
-                        cname));
+        audit_ex(r->ex, r->ex->st, r->request_id, r->actor, "compensation_started",
+                 json_pack("{s:s, s:I, s:s}", "execution_id", r->id, "undoes", (json_int_t)i,
+                           "tool", cname));
         notify_progress(r, (int)i, "compensating", NULL);
         struct task t;
         task_init(&t, r->ex, tool, json_object_get(comp, "inputs"), target_of(r, step),
@@ -1309,8 +1414,8 @@ static void compensate(struct run *r)
         if (t.rc == BT_OK && smove(r, i, SS_COMPENSATED, NULL) != BT_OK)
             bt_log(BT_LOG_ERROR, "execute", r->request_id, "execution %s: step %zu undone but %s",
                    r->id, i, "not recorded as compensated");
-        audit(r->ex->st, r->request_id, r->actor, "step_compensated",
-              json_pack("{s:s, s:O}", "execution_id", r->id, "compensation", rec));
+        audit_ex(r->ex, r->ex->st, r->request_id, r->actor, "step_compensated",
+                 json_pack("{s:s, s:O}", "execution_id", r->id, "compensation", rec));
         notify_progress(r, (int)i, t.rc == BT_OK ? "compensated" : "compensation_failed", NULL);
         json_array_append_new(r->compensated, rec);
     }
@@ -1358,18 +1463,24 @@ static json_t *run_finish(struct run *r)
         json_object_set_new(o, "next_step", json_integer(next_pending(r)));
     }
     if (xmove(r, to, o, err, sizeof err) != BT_OK) {
+        /* The store still shows it running (and holding its assets): the
+         * audit log does not say otherwise. A background job is then left
+         * to its lease (bt_execute_worker_once), a run in a process to
+         * recovery when that process ends. */
         bt_log(BT_LOG_ERROR, "execute", r->request_id, "execution %s: %s", r->id, err);
         json_object_set_new(o, "state", json_string(xs_names[r->xstate]));
         json_object_set_new(o, "error", json_string("store"));
         json_object_set_new(o, "message", json_string(err));
+        notify_progress(r, -1, xs_names[r->xstate], err);
+        return o;
     }
     /* A paused level-3 execution keeps its assets until its last step. */
     if (!pause && bt_store_locks_release(ex->st, r->id, err, sizeof err) != BT_OK)
         bt_log(BT_LOG_ERROR, "execute", r->request_id, "execution %s: locks: %s", r->id, err);
-    audit(ex->st, r->request_id, r->actor, pause ? "execution_paused" : "execution_finished",
-          json_pack("{s:s, s:s, s:i, s:i, s:i}", "execution_id", r->id, "state", xs_names[to],
-                    "done", r->done, "total", (int)r->n, "compensations",
-                    (int)json_array_size(r->compensated)));
+    audit_ex(ex, ex->st, r->request_id, r->actor, pause ? "execution_paused" : "execution_finished",
+             json_pack("{s:s, s:s, s:i, s:i, s:i}", "execution_id", r->id, "state", xs_names[to],
+                       "done", r->done, "total", (int)r->n, "compensations",
+                       (int)json_array_size(r->compensated)));
     notify_progress(r, -1, xs_names[to], NULL);
     return o;
 }
@@ -1400,9 +1511,9 @@ static json_t *enqueue(struct run *r, int estimate)
     if (e != BT_OK)
         return fail_run(r, "store", err);
     char *msg = bt_asprintf("queued to run in the background (estimated %d s)", estimate);
-    audit(ex->st, r->request_id, r->actor, "execution_enqueued",
-          json_pack("{s:s, s:I, s:i, s:i}", "execution_id", r->id, "job_id", (json_int_t)job_id,
-                    "step", r->only, "estimate_s", estimate));
+    audit_ex(ex, ex->st, r->request_id, r->actor, "execution_enqueued",
+             json_pack("{s:s, s:I, s:i, s:i}", "execution_id", r->id, "job_id", (json_int_t)job_id,
+                       "step", r->only, "estimate_s", estimate));
     notify_progress(r, -1, "queued", msg);
     json_t *o = summary(r);
     json_object_set_new(o, "background", json_true());
@@ -1501,9 +1612,9 @@ static json_t *run_internal(bt_execute *ex, const char *execution_id, int step,
         return o;
     }
     r.xstate = XS_RUNNING;
-    audit(ex->st, r.request_id, r.actor, "execution_started",
-          json_pack("{s:s, s:i, s:i, s:s, s:I}", "execution_id", execution_id, "steps", (int)r.n,
-                    "step", step, "host", ex->self.host, "pid", (json_int_t)ex->self.pid));
+    audit_ex(ex, ex->st, r.request_id, r.actor, "execution_started",
+             json_pack("{s:s, s:i, s:i, s:s, s:I}", "execution_id", execution_id, "steps", (int)r.n,
+                       "step", step, "host", ex->self.host, "pid", (json_int_t)ex->self.pid));
     notify_progress(&r, -1, "running", NULL);
     /* A run resumed from the store may already hold a failed step. */
     for (size_t i = 0; i < r.n; i++)
@@ -1557,8 +1668,8 @@ json_t *bt_execute_cancel(bt_execute *ex, const char *execution_id, const char *
         json_object_set_new(o, "message", json_string(err));
     } else {
         bt_store_locks_release(ex->st, execution_id, err, sizeof err);
-        audit(ex->st, r.request_id, r.actor, "execution_cancelled",
-              json_pack("{s:s, s:s?}", "execution_id", execution_id, "reason", reason));
+        audit_ex(ex, ex->st, r.request_id, r.actor, "execution_cancelled",
+                 json_pack("{s:s, s:s?}", "execution_id", execution_id, "reason", reason));
     }
     run_free(&r);
     return o;
@@ -1815,9 +1926,9 @@ bool bt_execute_worker_once(bt_execute *ex, json_t **out)
             json_decref(job);
             return true;
         }
-        audit(ex->st, step_str(exe, "request_id"), EXEC_ACTOR_WORKER, "execution_requeued",
-              json_pack("{s:s, s:s}", "execution_id", id, "reason",
-                        "its worker stopped before a step started"));
+        audit_ex(ex, ex->st, step_str(exe, "request_id"), EXEC_ACTOR_WORKER, "execution_requeued",
+                 json_pack("{s:s, s:s}", "execution_id", id, "reason",
+                           "its worker stopped before a step started"));
     }
     json_decref(exe);
     if (json_integer_value(json_object_get(job, "attempt")) >
@@ -1840,9 +1951,24 @@ bool bt_execute_worker_once(bt_execute *ex, json_t **out)
     json_t *o = run_internal(ex, id, step, BT_EXECUTE_NOW, EXEC_ACTOR_WORKER, job, &requeue);
     ex->job_id = 0;
     const char *error = step_str(o, "error");
+    const char *xs_end = step_str(o, "state");
     if (requeue)
         job_end(ex, job_id, "available", bt_wall_ms() + EXEC_JOB_RETRY_MS, step_str(o, "message"),
                 true);
+    else if (error && strcmp(error, "store") == 0 && xs_end && strcmp(xs_end, "running") == 0)
+        /* The run could not record its end even after waiting for the
+         * store, so the store still shows the execution running here. Handed
+         * back as available, the job would be passed over for ever ("running
+         * elsewhere") and the execution never end. Left running under this
+         * worker without heartbeats, it is taken over once its lease runs
+         * out, like the job of a worker that died: a step still recorded as
+         * running is reported interrupted (never run again), an execution
+         * whose steps all ended is finished. */
+        bt_log(BT_LOG_ERROR, "execute", NULL,
+               "job %lld: the end of execution %s could not be recorded (%s); it is taken over "
+               "when its lease of %d s runs out",
+               job_id, id, step_str(o, "message") ? step_str(o, "message") : "store error",
+               ex->conf.job_lease_s);
     else if (error && strcmp(error, "store") == 0)
         job_end(ex, job_id, "available", bt_wall_ms() + EXEC_JOB_RETRY_MS, step_str(o, "message"),
                 false);

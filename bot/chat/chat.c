@@ -440,6 +440,78 @@ bool bt_chat__url_acceptable(const char *url)
            (n == 9 && strncmp(h, "localhost", 9) == 0) || (n == 5 && strncmp(h, "[::1]", 5) == 0);
 }
 
+/* ---- cards: the wording every surface shares ---- */
+
+const char *bt_chat__card_title(const json_t *card)
+{
+    const char *state = json_string_value(json_object_get(card, "state"));
+    const char *xs =
+        json_string_value(json_object_get(json_object_get(card, "execution"), "state"));
+    if (!state)
+        return "Plan";
+    if (strcmp(state, "pending") == 0)
+        return "Approval needed";
+    if (strcmp(state, "releasing") == 0)
+        return "Step by step: waiting for the next release";
+    if (strcmp(state, "denied") == 0)
+        return "Denied: nothing ran";
+    if (strcmp(state, "expired") == 0)
+        return "Expired: nothing ran";
+    if (strcmp(state, "cancelled") == 0)
+        return "Withdrawn: nothing ran";
+    if (xs && strcmp(xs, "completed") == 0)
+        return "Done";
+    if (xs && (strcmp(xs, "failed") == 0 || strcmp(xs, "timed_out") == 0 ||
+               strcmp(xs, "interrupted") == 0))
+        return "Failed";
+    if (xs && strcmp(xs, "running") == 0)
+        return "Running";
+    return "Approved";
+}
+
+bool bt_chat__card_open(const json_t *card)
+{
+    const char *state = json_string_value(json_object_get(card, "state"));
+    return state && (strcmp(state, "pending") == 0 || strcmp(state, "releasing") == 0);
+}
+
+const char *bt_chat__step_state(const json_t *card, const json_t *step)
+{
+    const char *state = json_string_value(json_object_get(card, "state"));
+    const char *s = json_string_value(json_object_get(step, "state"));
+    bool waiting = !s || strcmp(s, "pending") == 0;
+    if (waiting && state &&
+        (strcmp(state, "denied") == 0 || strcmp(state, "expired") == 0 ||
+         strcmp(state, "cancelled") == 0))
+        return "not run";
+    return s ? s : "pending";
+}
+
+char *bt_chat__progress(const json_t *execution)
+{
+    long long done = json_integer_value(json_object_get(execution, "done"));
+    long long total = json_integer_value(json_object_get(execution, "total"));
+    const char *state = json_string_value(json_object_get(execution, "state"));
+    int filled = total > 0 ? (int)(done * 10 / total) : 0;
+    bt_buf b = BT_BUF_INIT(0);
+    for (int k = 0; k < 10; k++)
+        bt_buf_puts(&b, k < filled ? "\xe2\x96\xb0" : "\xe2\x96\xb1"); /* ▰ ▱ */
+    bt_buf_printf(&b, " %lld/%lld \xc2\xb7 %s", done, total, state ? state : "?");
+    return bt_buf_steal(&b);
+}
+
+void bt_chat__expires(const json_t *card, char out[32])
+{
+    out[0] = '\0';
+    int64_t exp = json_integer_value(json_object_get(card, "expires_ms"));
+    if (exp <= 0)
+        return;
+    time_t secs = (time_t)(exp / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(out, 32, "%H:%M UTC", &tm);
+}
+
 /* ---- text -------------------------------------------------------------------------------- */
 
 char *bt_chat__clip(const char *s, size_t max)

@@ -96,6 +96,17 @@ const char *bt_chat__url_host(const char *rest, size_t *n);
  * [::1]: for tests). */
 bool bt_chat__url_acceptable(const char *url);
 
+/* A card's wording, the same on every surface: its title ("Approval
+ * needed", "Done", ...); whether decisions are still open (pending or
+ * releasing); a step's state as shown ("not run" once the plan can no
+ * longer run); the execution's progress bar "▰▰▱… 1/2 · running" (new
+ * string); the expiry as "HH:MM UTC" ("" without one). */
+const char *bt_chat__card_title(const json_t *card);
+bool bt_chat__card_open(const json_t *card);
+const char *bt_chat__step_state(const json_t *card, const json_t *step);
+char *bt_chat__progress(const json_t *execution);
+void bt_chat__expires(const json_t *card, char out[32]);
+
 /* Plain text that a chat platform shows as is: at most max bytes, cut at a
  * character boundary, with "…" when cut (new string). */
 char *bt_chat__clip(const char *s, size_t max);

@@ -443,33 +443,6 @@ static char *answer_text(const json_t *r)
     return clipped;
 }
 
-static const char *card_title(const json_t *card)
-{
-    const char *state = json_string_value(json_object_get(card, "state"));
-    const char *xs =
-        json_string_value(json_object_get(json_object_get(card, "execution"), "state"));
-    if (!state)
-        return "Plan";
-    if (strcmp(state, "pending") == 0)
-        return "Approval needed";
-    if (strcmp(state, "releasing") == 0)
-        return "Step by step: waiting for the next release";
-    if (strcmp(state, "denied") == 0)
-        return "Denied: nothing ran";
-    if (strcmp(state, "expired") == 0)
-        return "Expired: nothing ran";
-    if (strcmp(state, "cancelled") == 0)
-        return "Withdrawn: nothing ran";
-    if (xs && strcmp(xs, "completed") == 0)
-        return "Done";
-    if (xs && (strcmp(xs, "failed") == 0 || strcmp(xs, "timed_out") == 0 ||
-               strcmp(xs, "interrupted") == 0))
-        return "Failed";
-    if (xs && strcmp(xs, "running") == 0)
-        return "Running";
-    return "Approved";
-}
-
 /* "a, b, c" of a string array (new string). */
 static char *joined(const json_t *list, const char *none)
 {
@@ -532,10 +505,11 @@ static json_t *card_attachment(const struct mattermost *mm, bt_pipeline *p, cons
 {
     const char *aid = str_or(card, "approval_id", "?");
     const char *state = json_string_value(json_object_get(card, "state"));
-    char *title = bt_asprintf("%s · level %lld (%s)", card_title(card),
+    char *title = bt_asprintf("%s · level %lld (%s)", bt_chat__card_title(card),
                               (long long)json_integer_value(json_object_get(card, "level")),
                               str_or(card, "level_name", "?"));
-    char *fallback = bt_asprintf("%s: %s", card_title(card), str_or(card, "summary", "a plan"));
+    char *fallback =
+        bt_asprintf("%s: %s", bt_chat__card_title(card), str_or(card, "summary", "a plan"));
     bt_buf b = BT_BUF_INIT(0);
 
     char *targets = joined(json_object_get(card, "targets"), "none");
@@ -552,15 +526,11 @@ static json_t *card_attachment(const struct mattermost *mm, bt_pipeline *p, cons
     json_t *st;
     json_array_foreach(json_object_get(card, "steps"), i, st)
     {
-        const char *sstate = json_string_value(json_object_get(st, "state"));
-        bool never = (!sstate || strcmp(sstate, "pending") == 0) && state &&
-                     (strcmp(state, "denied") == 0 || strcmp(state, "expired") == 0 ||
-                      strcmp(state, "cancelled") == 0);
         bt_buf_printf(&b, "%s%lld. `%s` on ", i ? "\n" : "\n\n",
                       (long long)json_integer_value(json_object_get(st, "number")),
                       str_or(st, "tool", "?"));
         put_plain(&b, str_or(st, "target", "?"));
-        bt_buf_printf(&b, " · %s", never ? "not run" : sstate ? sstate : "pending");
+        bt_buf_printf(&b, " · %s", bt_chat__step_state(card, st));
         const char *error = json_string_value(json_object_get(st, "error"));
         if (error) {
             bt_buf_puts(&b, " · ");
@@ -570,13 +540,9 @@ static json_t *card_attachment(const struct mattermost *mm, bt_pipeline *p, cons
 
     const json_t *x = json_object_get(card, "execution");
     if (json_is_object(x)) {
-        long long done = json_integer_value(json_object_get(x, "done"));
-        long long total = json_integer_value(json_object_get(x, "total"));
-        int filled = total > 0 ? (int)(done * 10 / total) : 0;
-        bt_buf_puts(&b, "\n\n");
-        for (int k = 0; k < 10; k++)
-            bt_buf_puts(&b, k < filled ? "▰" : "▱");
-        bt_buf_printf(&b, " %lld/%lld · %s", done, total, str_or(x, "state", "?"));
+        char *prog = bt_chat__progress(x);
+        bt_buf_printf(&b, "\n\n%s", prog);
+        free(prog);
     }
     const char *result = json_string_value(json_object_get(card, "result_text"));
     if (result) {
@@ -586,15 +552,9 @@ static json_t *card_attachment(const struct mattermost *mm, bt_pipeline *p, cons
 
     char *approved = joined(json_object_get(card, "approved_by"), "nobody yet");
     char *may = joined(json_object_get(card, "may_decide"), "nobody");
-    char expires[32] = "";
-    int64_t exp = json_integer_value(json_object_get(card, "expires_ms"));
-    if (exp > 0) {
-        time_t secs = (time_t)(exp / 1000);
-        struct tm tm;
-        gmtime_r(&secs, &tm);
-        strftime(expires, sizeof expires, "%H:%M UTC", &tm);
-    }
-    bool open = state && (strcmp(state, "pending") == 0 || strcmp(state, "releasing") == 0);
+    char expires[32];
+    bt_chat__expires(card, expires);
+    bool open = bt_chat__card_open(card);
     if (open)
         bt_buf_printf(&b,
                       "\n\nApprovals: %lld needed · approved by: %s · may decide: %s · "

@@ -255,33 +255,6 @@ static json_t *answer_blocks(const json_t *r)
     return blocks;
 }
 
-static const char *card_title(const json_t *card)
-{
-    const char *state = json_string_value(json_object_get(card, "state"));
-    const char *xs =
-        json_string_value(json_object_get(json_object_get(card, "execution"), "state"));
-    if (!state)
-        return "Plan";
-    if (strcmp(state, "pending") == 0)
-        return "Approval needed";
-    if (strcmp(state, "releasing") == 0)
-        return "Step by step: waiting for the next release";
-    if (strcmp(state, "denied") == 0)
-        return "Denied: nothing ran";
-    if (strcmp(state, "expired") == 0)
-        return "Expired: nothing ran";
-    if (strcmp(state, "cancelled") == 0)
-        return "Withdrawn: nothing ran";
-    if (xs && strcmp(xs, "completed") == 0)
-        return "Done";
-    if (xs && (strcmp(xs, "failed") == 0 || strcmp(xs, "timed_out") == 0 ||
-               strcmp(xs, "interrupted") == 0))
-        return "Failed";
-    if (xs && strcmp(xs, "running") == 0)
-        return "Running";
-    return "Approved";
-}
-
 /* "a, b, c" of a string array (new string). */
 static char *joined(const json_t *list, const char *none)
 {
@@ -318,7 +291,7 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
     json_t *blocks = json_array();
     const char *aid = json_string_value(json_object_get(card, "approval_id"));
     const char *state = json_string_value(json_object_get(card, "state"));
-    char *title = bt_asprintf("%s · level %lld (%s)", card_title(card),
+    char *title = bt_asprintf("%s · level %lld (%s)", bt_chat__card_title(card),
                               (long long)json_integer_value(json_object_get(card, "level")),
                               json_string_value(json_object_get(card, "level_name"))
                                   ? json_string_value(json_object_get(card, "level_name"))
@@ -349,16 +322,10 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
     json_array_foreach(json_object_get(card, "steps"), i, st)
     {
         char *target = esc(json_string_value(json_object_get(st, "target")));
-        const char *sstate = json_string_value(json_object_get(st, "state"));
-        bool never = (!sstate || strcmp(sstate, "pending") == 0) && state &&
-                     (strcmp(state, "denied") == 0 || strcmp(state, "expired") == 0 ||
-                      strcmp(state, "cancelled") == 0);
         bt_buf_printf(&steps, "%s%lld. `%s` on %s · %s", i ? "\n" : "",
                       (long long)json_integer_value(json_object_get(st, "number")),
                       json_string_value(json_object_get(st, "tool")), target,
-                      never    ? "not run"
-                      : sstate ? sstate
-                               : "pending");
+                      bt_chat__step_state(card, st));
         const char *error = json_string_value(json_object_get(st, "error"));
         if (error) {
             char *e = esc(error);
@@ -376,15 +343,7 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
 
     const json_t *x = json_object_get(card, "execution");
     if (json_is_object(x)) {
-        long long done = json_integer_value(json_object_get(x, "done"));
-        long long total = json_integer_value(json_object_get(x, "total"));
-        char bar[64] = "";
-        int filled = total > 0 ? (int)(done * 10 / total) : 0;
-        size_t o = 0;
-        for (int k = 0; k < 10; k++)
-            o += (size_t)snprintf(bar + o, sizeof bar - o, "%s", k < filled ? "▰" : "▱");
-        char *prog = bt_asprintf("%s %lld/%lld · %s", bar, done, total,
-                                 json_string_value(json_object_get(x, "state")));
+        char *prog = bt_chat__progress(x);
         json_array_append_new(blocks, context(prog));
         free(prog);
     }
@@ -401,15 +360,9 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
 
     char *approved = joined(json_object_get(card, "approved_by"), "nobody yet");
     char *may = joined(json_object_get(card, "may_decide"), "nobody");
-    char expires[32] = "";
-    int64_t exp = json_integer_value(json_object_get(card, "expires_ms"));
-    if (exp > 0) {
-        time_t secs = (time_t)(exp / 1000);
-        struct tm tm;
-        gmtime_r(&secs, &tm);
-        strftime(expires, sizeof expires, "%H:%M UTC", &tm);
-    }
-    bool open = state && (strcmp(state, "pending") == 0 || strcmp(state, "releasing") == 0);
+    char expires[32];
+    bt_chat__expires(card, expires);
+    bool open = bt_chat__card_open(card);
     char *who = open ? bt_asprintf("Approvals: %lld needed · approved by: %s · may decide: %s · "
                                    "expires %s · id %s",
                                    (long long)json_integer_value(
@@ -465,7 +418,7 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
 
 static char *card_fallback(const json_t *card)
 {
-    return bt_asprintf("%s: %s", card_title(card),
+    return bt_asprintf("%s: %s", bt_chat__card_title(card),
                        json_string_value(json_object_get(card, "summary"))
                            ? json_string_value(json_object_get(card, "summary"))
                            : "a plan");

@@ -1411,3 +1411,27 @@ enum bt_err bt_store_audit_verify(bt_store *st, long long *entries, char *err, s
         return no_store(err, errlen);
     return st->ops->audit_verify(st->be, entries, err, errlen);
 }
+
+/* bt_store_listen: see store.h. */
+enum bt_err bt_store_listen(bt_store *st, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st)
+        return no_store(err, errlen);
+    return st->ops->listen(st->be, err, errlen);
+}
+
+/* bt_store_changes: see store.h. */
+enum bt_err bt_store_changes(bt_store *st, int timeout_ms, json_t **ids, char *err, size_t errlen)
+{
+    err_clear(err, errlen);
+    if (!st || !ids)
+        return bad_args("changes", err, errlen);
+    *ids = NULL;
+    if (timeout_ms < 0 || timeout_ms > BT_STORE__CHANGES_WAIT_MAX_MS) {
+        bt_fmt(err, errlen, "store: changes: timeout %d ms is not 0..%d", timeout_ms,
+               BT_STORE__CHANGES_WAIT_MAX_MS);
+        return BT_EINVAL;
+    }
+    return st->ops->changes(st->be, timeout_ms, ids, err, errlen);
+}

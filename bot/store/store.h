@@ -30,7 +30,7 @@
 typedef struct bt_store bt_store;
 
 /* The schema version this build writes. */
-#define BT_STORE_SCHEMA_VERSION 6
+#define BT_STORE_SCHEMA_VERSION 7
 
 /* Open (creating directories and the file as needed) and migrate.
  * On failure *out is NULL and err says why, naming the location. */
@@ -376,5 +376,45 @@ enum bt_err bt_store_audit_verify(bt_store *st, long long *entries, char *err, s
  * to reset it, and it grows without bound). Waits for the write lock like
  * any write. */
 enum bt_err bt_store_maintain(bt_store *st, char *err, size_t errlen);
+
+/* ---- change notifications (PostgreSQL) ---------------------------------
+ * Several processes sharing one PostgreSQL database learn of each other's
+ * changes at once. Every write that changes what an approval's card shows
+ * announces the approval's id, inside its own transaction, so the
+ * announcement goes out at COMMIT and never for a change rolled back:
+ * approval_add, approval_update (decisions, expiry, cancel, reminder
+ * marks), and for the approvals of an execution: execution_transition,
+ * execution_own, execution_progress, execution_set and step_set. Writes
+ * through any handle of any process are announced; only a listening handle
+ * receives them. SQLite has no such thing: there a process sees other
+ * processes' changes only when it reads them. */
+
+/* Make st a listening handle: from now on it collects the ids announced by
+ * every process, for bt_store_changes. Give it a handle of its own (other
+ * calls on it work, but nothing else should wait on it). Once listening, it
+ * stays so: when its connection is lost it listens again on the new one.
+ * BT_EUNAVAIL on SQLite ("change notifications need PostgreSQL"). Thread:
+ * the handle's. */
+enum bt_err bt_store_listen(bt_store *st, char *err, size_t errlen);
+
+/* The entry of bt_store_changes's ids that means "anything may have
+ * changed" (announcements were lost). */
+#define BT_STORE_CHANGES_ALL "*"
+
+/* Wait at most timeout_ms (0..60000) for announcements on a listening
+ * handle and take them: *ids is a new array of distinct approval ids
+ * changed since the last call, at most 1000 (the rest stay for the next
+ * call), empty when the time ran out; the call returns as soon as there is
+ * one. When the connection was lost, the call connects again (the first
+ * attempt at once, the next ones 50 ms, 100 ms ... at most 5 s apart; an
+ * attempt that takes longer than 5 s is given up) and listens again. An
+ * attempt goes on across calls, so no call waits much longer than
+ * timeout_ms. Announcements made meanwhile are lost, so the first call on
+ * the new connection puts BT_STORE_CHANGES_ALL in *ids: "anything may have
+ * changed, read everything again". While there is no connection the call
+ * fails with BT_EUNAVAIL (err says why) after about timeout_ms at most;
+ * keep calling. BT_EINVAL when st is not listening or is in a batch. On
+ * failure *ids is NULL. Thread: the handle's. */
+enum bt_err bt_store_changes(bt_store *st, int timeout_ms, json_t **ids, char *err, size_t errlen);
 
 #endif

@@ -68,6 +68,10 @@ struct bt_store__asset_filter {
  * is remembered (platforms redeliver within minutes). */
 #define BT_STORE__CHAT_POSTS_MAX 100
 #define BT_STORE__CHAT_EVENT_KEEP_MS (7LL * 24 * 3600 * 1000)
+/* Change notifications: ids returned by one bt_store_changes, its longest
+ * wait. */
+#define BT_STORE__CHANGES_MAX 1000
+#define BT_STORE__CHANGES_WAIT_MAX_MS 60000
 
 /* The string-valued asset fields a backend keeps in columns of their own
  * (besides name), in the order of this list. cpu and ram_gb are integer
@@ -236,6 +240,12 @@ struct bt_store__ops {
                                  char *err, size_t errlen);
     enum bt_err (*chat_posts_of)(void *be, const char *approval_id, json_t **out, char *err,
                                  size_t errlen);
+
+    /* change notifications (store.h). changes: timeout_ms is 0..60000;
+     * *ids a new array of at most BT_STORE__CHANGES_MAX strings on success,
+     * untouched (NULL) on failure. */
+    enum bt_err (*listen)(void *be, char *err, size_t errlen);
+    enum bt_err (*changes)(void *be, int timeout_ms, json_t **ids, char *err, size_t errlen);
 };
 
 /* The SQLite backend (store_sqlite.c). */

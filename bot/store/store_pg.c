@@ -65,8 +65,22 @@
  * Statements: fixed statements are prepared once per connection (again
  * after a reconnect); asset queries are assembled from a fixed table of
  * fragments with $n placeholders. All values travel as parameters.
+ *
+ * Change notifications (store.h). A write that changes an approval's card
+ * runs one more statement in its transaction, pg_notify('baton_changes',
+ * approval_id) (for an execution: one per approval of it, found through the
+ * approvals_execution index; none when it has no approval), so the
+ * announcement leaves at COMMIT and never for a rollback, a failed batch
+ * operation (its savepoint is rolled back) or a retried attempt that did
+ * not commit. PostgreSQL folds identical announcements of one transaction
+ * into one. A listening handle sends LISTEN on every new connection and
+ * waits with poll() on PQsocket, then PQconsumeInput and PQnotifies. Its
+ * reconnects are asynchronous (PQconnectStartParams/PQconnectPoll) and
+ * spread over bt_store_changes calls, so a caller polling every second
+ * (the server's listener thread) can always stop within about a second.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +101,9 @@
 #define PG_LOCK_ASSETS "4"
 /* The comment that marks a schema as a baton store. */
 #define PG_MARK "baton store"
+/* The LISTEN/NOTIFY channel of change announcements (payload: an approval
+ * id, at most 255 bytes: far below NOTIFY's 8000). */
+#define PG_CHANNEL "baton_changes"
 
 #define PG_CONNECT_TIMEOUT_S 5
 #define PG_RECONNECT_BUDGET_MS 5000
@@ -332,6 +349,10 @@ static const char *const pg_migrations[] = {
     " row_seq BIGINT GENERATED ALWAYS AS IDENTITY,"
     " PRIMARY KEY (surface, channel, post));"
     "CREATE INDEX chat_posts_approval ON chat_posts(approval_id);",
+
+    /* 7: the approvals of an execution, for the change announcements of
+     * execution writes (else every step update would scan approvals). */
+    "CREATE INDEX approvals_execution ON approvals(execution_id);",
 };
 
 #define PG_MIGRATIONS ((int)(sizeof pg_migrations / sizeof pg_migrations[0]))
@@ -414,6 +435,8 @@ enum pg_stmt {
     P_CHAT_FORGET,
     P_CHAT_POST_ADD,
     P_CHAT_POSTS_OF,
+    P_ANNOUNCE,
+    P_ANNOUNCE_EXECUTION,
     P__COUNT
 };
 
@@ -619,6 +642,9 @@ static const char *const pg_sql[P__COUNT] = {
                         " created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     [P_CHAT_POSTS_OF] = "SELECT surface, channel, post, thread, created_ms FROM chat_posts"
                         " WHERE approval_id = $1 ORDER BY created_ms, row_seq LIMIT $2",
+    [P_ANNOUNCE] = "SELECT pg_notify('" PG_CHANNEL "', $1)",
+    [P_ANNOUNCE_EXECUTION] = "SELECT pg_notify('" PG_CHANNEL "', approval_id) FROM approvals"
+                             " WHERE execution_id = $1",
 };
 
 /* ---- asset filter fragments ------------------------------------------------
@@ -671,6 +697,15 @@ struct pg {
     bool commit_sent; /* COMMIT went out: the outcome is unknown if lost */
     bool no_retry;    /* the call must not be run again (check called) */
     char sqlstate[6]; /* of the last failure ("" when none) */
+    /* Change notifications (pg_listen, pg_changes): */
+    bool listening;                         /* LISTEN on every new connection */
+    bool missed;                            /* a new connection since the last pg_changes */
+    bool connecting;                        /* conn is an attempt that PQconnectPoll drives */
+    PostgresPollingStatusType connect_poll; /* what the attempt waits for */
+    int64_t connect_started_ms;             /* monotonic */
+    int64_t retry_at_ms;                    /* no attempt before (monotonic) */
+    long retry_delay_ms;                    /* after the next failed attempt */
+    char connect_error[300];                /* why the last attempt failed */
 };
 
 /* Statement parameters, all as text (NULL is SQL NULL). */
@@ -894,11 +929,24 @@ static const char *col_text(const PGresult *r, int row, int col)
 
 /* ---- connecting ------------------------------------------------------------ */
 
+/* What the server says outside a query (a NOTICE, or the FATAL that comes
+ * before it closes the session, say for pg_terminate_backend) goes to the
+ * log as one line, not to libpq's default of raw text on stderr. */
+static void pg_notice(void *arg, const char *message)
+{
+    const struct pg *p = arg;
+    char line[300];
+    one_line(line, sizeof line, message);
+    bt_log(BT_LOG_WARN, "store", NULL, "%s: the database says: %s", p->where, line);
+}
+
 /* Session setup after every (re)connect; statements are prepared again
- * lazily. */
+ * lazily. A listening handle listens again: what was announced while it
+ * had no connection is lost, which the next pg_changes reports ("*"). */
 static enum bt_err pg_session(struct pg *p, char *err, size_t errlen)
 {
     memset(p->prepared, 0, sizeof p->prepared);
+    PQsetNoticeProcessor(p->conn, pg_notice, p);
     if (PQserverVersion(p->conn) < PG_MIN_SERVER) {
         bt_fmt(err, errlen, "%s: PostgreSQL %d.%d is too old; baton needs 11 or newer", p->where,
                PQserverVersion(p->conn) / 10000, PQserverVersion(p->conn) % 10000);
@@ -912,31 +960,49 @@ static enum bt_err pg_session(struct pg *p, char *err, size_t errlen)
                p->where, enc ? enc : "unknown");
         return BT_ECONFIG;
     }
+    if (p->listening) {
+        enum bt_err e = pg_cmd(p, "LISTEN " PG_CHANNEL, err, errlen, "listen for changes");
+        if (e != BT_OK)
+            return e;
+        p->missed = true;
+    }
     return BT_OK;
 }
 
-/* One connection attempt with the given connect timeout (seconds). The URL
- * comes first, the settings after it win over what it says. */
+/* Connection keywords; the URL comes first, the settings after it win
+ * over what it says. */
+static const char *const pg_conn_kw[] = {"dbname",
+                                         "connect_timeout",
+                                         "options",
+                                         "client_encoding",
+                                         "fallback_application_name",
+                                         "keepalives",
+                                         "keepalives_idle",
+                                         "keepalives_interval",
+                                         "keepalives_count",
+                                         "tcp_user_timeout",
+                                         NULL};
+#define PG_CONN_KEYS (sizeof pg_conn_kw / sizeof pg_conn_kw[0])
+
+/* The values for pg_conn_kw; tmo (connect_timeout) must outlive val. */
+static void pg_conn_values(const struct pg *p, const char *tmo, const char *val[PG_CONN_KEYS])
+{
+    const char *const v[PG_CONN_KEYS] = {p->url, tmo,  p->options, "UTF8",  "baton", "1",
+                                         "30",   "10", "3",        "30000", NULL};
+    memcpy(val, v, sizeof v);
+}
+
+/* One connection attempt with the given connect timeout (seconds). */
 static enum bt_err pg_connect(struct pg *p, int timeout_s, char *err, size_t errlen)
 {
     char tmo[16];
     bt_fmt(tmo, sizeof tmo, "%d", timeout_s < 2 ? 2 : timeout_s);
-    const char *const kw[] = {"dbname",
-                              "connect_timeout",
-                              "options",
-                              "client_encoding",
-                              "fallback_application_name",
-                              "keepalives",
-                              "keepalives_idle",
-                              "keepalives_interval",
-                              "keepalives_count",
-                              "tcp_user_timeout",
-                              NULL};
-    const char *const val[] = {p->url, tmo,  p->options, "UTF8",  "baton", "1",
-                               "30",   "10", "3",        "30000", NULL};
+    const char *val[PG_CONN_KEYS];
+    pg_conn_values(p, tmo, val);
     if (p->conn)
         PQfinish(p->conn);
-    p->conn = PQconnectdbParams(kw, val, 1);
+    p->connecting = false;
+    p->conn = PQconnectdbParams(pg_conn_kw, val, 1);
     if (!p->conn) {
         bt_fmt(err, errlen, "%s: cannot connect: out of memory", p->where);
         return BT_ENOMEM;
@@ -1102,11 +1168,32 @@ static enum bt_err pg_run(struct pg *p, enum pg_kind kind, pg_body body, void *c
     }
 }
 
-/* The common case: one fixed statement as the whole call. */
+/* ---- change announcements ---------------------------------------------------- */
+
+/* What a write announces (see the header comment): nothing, the approval
+ * it names, or the approvals of the execution it names. */
+enum announce { AN_NONE, AN_APPROVAL, AN_EXECUTION };
+
+/* Announce a change inside the current transaction (it leaves at COMMIT). */
+static enum bt_err announce(struct pg *p, enum announce kind, const char *id, char *err,
+                            size_t errlen)
+{
+    if (kind == AN_NONE)
+        return BT_OK;
+    struct params pa = {0};
+    par_text(&pa, id);
+    return q_run(p, kind == AN_APPROVAL ? P_ANNOUNCE : P_ANNOUNCE_EXECUTION, &pa, NULL, err, errlen,
+                 "announce the change");
+}
+
+/* The common case: one fixed statement as the whole call, and when it
+ * touched a row, its announcement (an: what to announce, an_id: the id). */
 struct one_ctx {
     enum pg_stmt id;
     const struct params *pa;
     const char *what;
+    enum announce an;
+    const char *an_id;
     PGresult *res;
 };
 
@@ -1115,15 +1202,19 @@ static enum bt_err one_body(struct pg *p, void *c, char *err, size_t errlen)
     struct one_ctx *o = c;
     PQclear(o->res);
     o->res = NULL;
-    return q(p, o->id, o->pa, &o->res, err, errlen, o->what);
+    enum bt_err e = q(p, o->id, o->pa, &o->res, err, errlen, o->what);
+    if (e == BT_OK && o->an != AN_NONE && strtoll(PQcmdTuples(o->res), NULL, 10) > 0)
+        e = announce(p, o->an, o->an_id, err, errlen);
+    return e;
 }
 
-/* Run statement id as a call of its own (with retry). *res: the result on
- * success (caller PQclears), else NULL. */
-static enum bt_err pg_one(struct pg *p, enum pg_kind kind, enum pg_stmt id, const struct params *pa,
-                          PGresult **res, char *err, size_t errlen, const char *what)
+/* Run statement id as a call of its own (with retry), announcing what an
+ * and an_id say. *res: the result on success (caller PQclears), else NULL. */
+static enum bt_err pg_one_an(struct pg *p, enum pg_kind kind, enum pg_stmt id,
+                             const struct params *pa, enum announce an, const char *an_id,
+                             PGresult **res, char *err, size_t errlen, const char *what)
 {
-    struct one_ctx o = {id, pa, what, NULL};
+    struct one_ctx o = {id, pa, what, an, an_id, NULL};
     enum bt_err e = pg_run(p, kind, one_body, &o, err, errlen);
     if (e != BT_OK) {
         PQclear(o.res);
@@ -1133,7 +1224,28 @@ static enum bt_err pg_one(struct pg *p, enum pg_kind kind, enum pg_stmt id, cons
     return e;
 }
 
-/* Same, only the number of rows touched wanted (rows may be NULL). */
+/* Statement id as a call of its own, announcing nothing. */
+static enum bt_err pg_one(struct pg *p, enum pg_kind kind, enum pg_stmt id, const struct params *pa,
+                          PGresult **res, char *err, size_t errlen, const char *what)
+{
+    return pg_one_an(p, kind, id, pa, AN_NONE, NULL, res, err, errlen, what);
+}
+
+/* A write of one statement, announced as an and an_id say; only the
+ * number of rows touched wanted (rows may be NULL). */
+static enum bt_err pg_write_an(struct pg *p, enum pg_stmt id, const struct params *pa,
+                               enum announce an, const char *an_id, long long *rows, char *err,
+                               size_t errlen, const char *what)
+{
+    PGresult *r;
+    enum bt_err e = pg_one_an(p, PG_WRITE, id, pa, an, an_id, &r, err, errlen, what);
+    if (e == BT_OK && rows)
+        *rows = strtoll(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return e;
+}
+
+/* Same, announcing nothing, in a call of kind. */
 static enum bt_err pg_one_rows(struct pg *p, enum pg_kind kind, enum pg_stmt id,
                                const struct params *pa, long long *rows, char *err, size_t errlen,
                                const char *what)
@@ -1718,7 +1830,8 @@ static enum bt_err pg_execution_set(void *be, const char *execution_id, const ch
     char what[128];
     bt_fmt(what, sizeof what, "set execution '%.64s' to %s", execution_id, state);
     long long rows = 0;
-    enum bt_err e = pg_one_rows(p, PG_WRITE, P_EXECUTION_SET, &pa, &rows, err, errlen, what);
+    enum bt_err e =
+        pg_write_an(p, P_EXECUTION_SET, &pa, AN_EXECUTION, execution_id, &rows, err, errlen, what);
     if (e == BT_OK && rows == 0) {
         bt_fmt(err, errlen, "%s: no execution '%.64s'", p->where, execution_id);
         e = BT_ENOENT;
@@ -1754,7 +1867,8 @@ static enum bt_err pg_step_set(void *be, const char *execution_id, int step_inde
     bt_fmt(what, sizeof what, "set step %d of execution '%.64s' to %s", step_index, execution_id,
            state);
     long long rows = 0;
-    enum bt_err e = pg_one_rows(p, PG_WRITE, P_STEP_SET, &pa, &rows, err, errlen, what);
+    enum bt_err e =
+        pg_write_an(p, P_STEP_SET, &pa, AN_EXECUTION, execution_id, &rows, err, errlen, what);
     if (e == BT_OK && rows == 0) {
         bt_fmt(err, errlen, "%s: no step %d in execution '%.64s'", p->where, step_index,
                execution_id);
@@ -1806,6 +1920,8 @@ static enum bt_err cas_body(struct pg *p, void *c, char *err, size_t errlen)
     enum bt_err e = q_run(p, x->id, x->pa, &rows, err, errlen, x->what);
     if (e == BT_OK && rows == 0)
         e = cas_missed(p, x->execution_id, x->from, err, errlen);
+    else if (e == BT_OK)
+        e = announce(p, AN_EXECUTION, x->execution_id, err, errlen);
     return e;
 }
 
@@ -1856,7 +1972,8 @@ static enum bt_err pg_execution_progress(void *be, const char *execution_id, int
     char what[128];
     bt_fmt(what, sizeof what, "record progress of execution '%.64s'", execution_id);
     long long rows = 0;
-    enum bt_err e = pg_one_rows(p, PG_WRITE, P_EXEC_PROGRESS, &pa, &rows, err, errlen, what);
+    enum bt_err e =
+        pg_write_an(p, P_EXEC_PROGRESS, &pa, AN_EXECUTION, execution_id, &rows, err, errlen, what);
     if (e == BT_OK && rows == 0) {
         bt_fmt(err, errlen, "%s: no execution '%.64s'", p->where, execution_id);
         e = BT_ENOENT;
@@ -2613,7 +2730,7 @@ static enum bt_err pg_approval_add(void *be, const char *approval_id, const char
     par_int(&pa, bt_wall_ms());
     char what[192];
     bt_fmt(what, sizeof what, "add approval '%.64s' of plan '%.64s'", approval_id, plan_id);
-    return pg_one_rows(be, PG_WRITE, P_APPROVAL_ADD, &pa, NULL, err, errlen, what);
+    return pg_write_an(be, P_APPROVAL_ADD, &pa, AN_APPROVAL, approval_id, NULL, err, errlen, what);
 }
 
 /* One approvals row (PG_APPROVAL_COLS) as a new object; *bad on junk. */
@@ -2812,6 +2929,8 @@ static enum bt_err update_body(struct pg *p, void *c, char *err, size_t errlen)
         par_text(&pa, x->approval_id);
         e = q_run(p, P_APPROVAL_MARK, &pa, NULL, err, errlen, what);
     }
+    if (e == BT_OK && (ch.user || ch.state || ch.reminded || ch.escalated))
+        e = announce(p, AN_APPROVAL, x->approval_id, err, errlen);
     json_decref(o);
     return e;
 }
@@ -3143,6 +3262,215 @@ static enum bt_err pg_maintain(void *be, char *err, size_t errlen)
     return e;
 }
 
+/* ---- change notifications -------------------------------------------------- */
+
+static enum bt_err listen_body(struct pg *p, void *ctx, char *err, size_t errlen)
+{
+    (void)ctx;
+    return pg_cmd(p, "LISTEN " PG_CHANNEL, err, errlen, "listen for changes");
+}
+
+/* bt_store_listen. Once listening, the handle stays so: pg_session listens
+ * again on every new connection. A LISTEN that cannot be sent because the
+ * database cannot be reached (after pg_run's reconnect) still makes the
+ * handle a listening one: pg_changes connects, listens and reports "*". */
+static enum bt_err pg_listen(void *be, char *err, size_t errlen)
+{
+    struct pg *p = be;
+    if (p->in_batch) {
+        bt_fmt(err, errlen, "%s: cannot listen for changes inside a batch", p->where);
+        return BT_EINVAL;
+    }
+    if (p->listening)
+        return BT_OK;
+    enum bt_err e = pg_run(p, PG_READ, listen_body, NULL, err, errlen);
+    if (e == BT_EUNAVAIL && PQstatus(p->conn) != CONNECTION_OK) {
+        bt_log(BT_LOG_WARN, "store", NULL, "%s; listening once the database is back", err);
+        p->missed = true;
+        e = BT_OK;
+    }
+    if (e == BT_OK) {
+        p->listening = true;
+        p->retry_at_ms = 0;
+        p->retry_delay_ms = PG_RECONNECT_FIRST_MS;
+        if (err && errlen)
+            err[0] = '\0';
+    }
+    return e;
+}
+
+/* A connection attempt of pg_changes failed (why: libpq's message, or
+ * NULL to take it from the connection): the next one waits retry_delay_ms,
+ * which doubles up to PG_RECONNECT_BUDGET_MS. */
+static enum bt_err attempt_failed(struct pg *p, const char *why, char *err, size_t errlen)
+{
+    one_line(p->connect_error, sizeof p->connect_error, why ? why : PQerrorMessage(p->conn));
+    p->connecting = false;
+    PQfinish(p->conn);
+    p->conn = NULL;
+    p->retry_at_ms = bt_mono_ms() + p->retry_delay_ms;
+    p->retry_delay_ms = p->retry_delay_ms * 2 > PG_RECONNECT_BUDGET_MS ? PG_RECONNECT_BUDGET_MS
+                                                                       : p->retry_delay_ms * 2;
+    bt_fmt(err, errlen, "%s: no connection to the database for change notifications: %s", p->where,
+           p->connect_error);
+    return BT_EUNAVAIL;
+}
+
+/* Get pg_changes a connection again, waiting no later than deadline
+ * (monotonic ms): the attempt is asynchronous and, when the deadline comes
+ * first, goes on in the next call (BT_EUNAVAIL meanwhile). An attempt that
+ * takes PG_CONNECT_TIMEOUT_S is given up (PQconnectPoll ignores
+ * connect_timeout). On success the session is set up, LISTEN included. */
+static enum bt_err listen_reconnect(struct pg *p, int64_t deadline, char *err, size_t errlen)
+{
+    if (!p->connecting) {
+        int64_t now = bt_mono_ms();
+        if (now < p->retry_at_ms) {
+            int64_t until = deadline < p->retry_at_ms ? deadline : p->retry_at_ms;
+            if (until > now)
+                sleep_ms((long)(until - now));
+            if (bt_mono_ms() < p->retry_at_ms) {
+                bt_fmt(err, errlen,
+                       "%s: no connection to the database for change notifications: %s", p->where,
+                       p->connect_error[0] ? p->connect_error : "lost");
+                return BT_EUNAVAIL;
+            }
+        }
+        const char *val[PG_CONN_KEYS];
+        char tmo[16];
+        bt_fmt(tmo, sizeof tmo, "%d", PG_CONNECT_TIMEOUT_S);
+        pg_conn_values(p, tmo, val);
+        if (p->conn)
+            PQfinish(p->conn);
+        p->conn = PQconnectStartParams(pg_conn_kw, val, 1);
+        if (!p->conn)
+            return attempt_failed(p, "out of memory", err, errlen);
+        p->connecting = true;
+        p->connect_started_ms = bt_mono_ms();
+        /* Before the first PQconnectPoll, wait as if it had said WRITING. */
+        p->connect_poll =
+            PQstatus(p->conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
+    }
+    while (p->connect_poll != PGRES_POLLING_OK) {
+        if (p->connect_poll == PGRES_POLLING_FAILED)
+            return attempt_failed(p, NULL, err, errlen);
+        int64_t now = bt_mono_ms();
+        int64_t give_up = p->connect_started_ms + (int64_t)PG_CONNECT_TIMEOUT_S * 1000;
+        if (now >= give_up)
+            return attempt_failed(p, "timeout expired", err, errlen);
+        int64_t until = deadline < give_up ? deadline : give_up;
+        struct pollfd pfd = {PQsocket(p->conn),
+                             p->connect_poll == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+        if (pfd.fd < 0)
+            return attempt_failed(p, NULL, err, errlen);
+        /* At least one look, even when the deadline has passed, so that
+         * calls with timeout 0 move the attempt on too. */
+        int n = poll(&pfd, 1, until > now ? (int)(until - now) : 0);
+        if (n < 0 && errno != EINTR)
+            return attempt_failed(p, strerror(errno), err, errlen);
+        if (n > 0) {
+            p->connect_poll = PQconnectPoll(p->conn);
+        } else if (bt_mono_ms() >= deadline) {
+            bt_fmt(err, errlen, "%s: connecting to the database for change notifications",
+                   p->where);
+            return BT_EUNAVAIL;
+        }
+    }
+    p->connecting = false;
+    enum bt_err e = pg_session(p, err, errlen);
+    if (e != BT_OK) {
+        char why[300];
+        bt_strlcpy(why, err, sizeof why);
+        return attempt_failed(p, why, err, errlen);
+    }
+    p->retry_at_ms = 0;
+    p->retry_delay_ms = PG_RECONNECT_FIRST_MS;
+    p->connect_error[0] = '\0';
+    return BT_OK;
+}
+
+/* Move announcements libpq has received into out (at most
+ * BT_STORE__CHANGES_MAX entries; seen: the ids already in it). */
+static void take_announcements(struct pg *p, json_t *out, json_t *seen)
+{
+    PGnotify *n;
+    while (json_array_size(out) < BT_STORE__CHANGES_MAX && (n = PQnotifies(p->conn)) != NULL) {
+        const char *id = n->extra;
+        size_t len = id ? strlen(id) : 0;
+        if (strcmp(n->relname, PG_CHANNEL) == 0 && len > 0 && bt_utf8_valid(id, len) &&
+            !json_object_get(seen, id)) {
+            json_object_set_new(seen, id, json_true());
+            json_array_append_new(out, json_string(id));
+        }
+        PQfreemem(n);
+    }
+}
+
+/* bt_store_changes: announcements already received are taken at once;
+ * else wait (poll on the socket) until some arrive or the time is up. A
+ * broken connection is made again by listen_reconnect. */
+static enum bt_err pg_changes(void *be, int timeout_ms, json_t **ids, char *err, size_t errlen)
+{
+    struct pg *p = be;
+    if (!p->listening || p->in_batch) {
+        bt_fmt(err, errlen, "%s: changes: %s", p->where,
+               p->in_batch ? "not inside a batch" : "the handle does not listen (bt_store_listen)");
+        return BT_EINVAL;
+    }
+    int64_t deadline = bt_mono_ms() + timeout_ms;
+    json_t *out = json_array(), *seen = json_object();
+    enum bt_err e = BT_OK;
+    for (;;) {
+        if (p->connecting || PQstatus(p->conn) != CONNECTION_OK) {
+            e = listen_reconnect(p, deadline, err, errlen);
+            if (e != BT_OK)
+                break;
+        }
+        if (p->missed) {
+            p->missed = false;
+            json_object_set_new(seen, BT_STORE_CHANGES_ALL, json_true());
+            json_array_append_new(out, json_string(BT_STORE_CHANGES_ALL));
+        }
+        /* The socket is non-blocking (libpq keeps it so): this reads what
+         * is there (one buffer at a time: again while that brings more),
+         * and finds a connection the server closed. */
+        size_t before;
+        do {
+            before = json_array_size(out);
+            if (!PQconsumeInput(p->conn) && PQstatus(p->conn) == CONNECTION_OK) {
+                char msg[300];
+                one_line(msg, sizeof msg, PQerrorMessage(p->conn));
+                bt_fmt(err, errlen, "%s: changes: %s", p->where, msg);
+                e = BT_ESTORE;
+                break;
+            }
+            take_announcements(p, out, seen);
+        } while (json_array_size(out) > before && json_array_size(out) < BT_STORE__CHANGES_MAX);
+        if (e != BT_OK)
+            break;
+        if (json_array_size(out) > 0)
+            break; /* a connection broken meanwhile is the next call's */
+        if (PQstatus(p->conn) != CONNECTION_OK)
+            continue; /* connect again at once */
+        int64_t left = deadline - bt_mono_ms();
+        if (left <= 0)
+            break;
+        struct pollfd pfd = {PQsocket(p->conn), POLLIN, 0};
+        if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) {
+            bt_fmt(err, errlen, "%s: changes: poll: %s", p->where, strerror(errno));
+            e = BT_EIO;
+            break;
+        }
+    }
+    json_decref(seen);
+    if (e != BT_OK) {
+        json_decref(out);
+        return e;
+    }
+    *ids = out;
+    return BT_OK;
+}
+
 /* bt_store__pg_ops: the PostgreSQL backend's table (see store_int.h). The
  * target handed to open is the whole postgres:// or postgresql:// URL. */
 const struct bt_store__ops bt_store__pg_ops = {
@@ -3201,4 +3529,6 @@ const struct bt_store__ops bt_store__pg_ops = {
     .chat_claim = pg_chat_claim,
     .chat_post_add = pg_chat_post_add,
     .chat_posts_of = pg_chat_posts_of,
+    .listen = pg_listen,
+    .changes = pg_changes,
 };

@@ -280,6 +280,10 @@ static const char *const migrations[] = {
     " created_ms INTEGER NOT NULL,"
     " PRIMARY KEY (surface, channel, post));"
     "CREATE INDEX chat_posts_approval ON chat_posts(approval_id);",
+
+    /* 7: the approvals of an execution (PostgreSQL announces an
+     * execution's changes under its approvals' ids; kept the same here). */
+    "CREATE INDEX approvals_execution ON approvals(execution_id);",
 };
 
 #define SQ_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -3077,6 +3081,23 @@ static enum bt_err sq_audit_verify(void *be, long long *entries, char *err, size
 /* bt_store__sqlite_ops: the SQLite backend's table (see store_int.h). The
  * target handed to open is a file path, or ":memory:" for a private
  * in-memory store (no WAL; gone at close). */
+/* Change notifications need PostgreSQL's LISTEN/NOTIFY: SQLite has no
+ * way to tell another process that something changed, so a process sees
+ * other processes' changes only when it reads them. */
+static enum bt_err sq_listen(void *be, char *err, size_t errlen)
+{
+    struct sq *s = be;
+    bt_fmt(err, errlen, "%s: change notifications need PostgreSQL", s->path);
+    return BT_EUNAVAIL;
+}
+
+static enum bt_err sq_changes(void *be, int timeout_ms, json_t **ids, char *err, size_t errlen)
+{
+    (void)timeout_ms;
+    (void)ids;
+    return sq_listen(be, err, errlen);
+}
+
 const struct bt_store__ops bt_store__sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -3133,4 +3154,6 @@ const struct bt_store__ops bt_store__sqlite_ops = {
     .chat_claim = sq_chat_claim,
     .chat_post_add = sq_chat_post_add,
     .chat_posts_of = sq_chat_posts_of,
+    .listen = sq_listen,
+    .changes = sq_changes,
 };

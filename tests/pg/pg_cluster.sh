@@ -6,6 +6,9 @@
 #   pg_cluster.sh stop DIR           stop it (fast shutdown) and remove DIR/data
 #   pg_cluster.sh run DIR DB CMD...  (re)create database DB and run CMD with
 #                                    BATON_TEST_STORE=postgres://.../DB
+#   pg_cluster.sh restart DIR [S]    restart the server (fast shutdown: every
+#                                    session is cut); with S seconds, keep it
+#                                    down that long first. Same port and data.
 #
 # The cluster trusts connections from 127.0.0.1 and its own socket only,
 # listens on 127.0.0.1 alone, and does not fsync (test data). The server
@@ -68,6 +71,12 @@ base_of() {
     if [ -f "$1/base" ]; then cat "$1/base"; else echo "$1"; fi
 }
 
+# The server's settings (pg_ctl -o) for a port and base directory.
+server_options() {
+    echo "-c listen_addresses=127.0.0.1 -c port=$1 -c unix_socket_directories=$2 \
+-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+}
+
 start() {
     local dir=$1 bin base
     bin=$(bindir)
@@ -96,9 +105,7 @@ EOF
     for _ in 1 2 3 4 5; do
         port=$(free_port)
         if as_owner "$bin/pg_ctl" -D "$base/data" -l "$base/server.log" -w -t 30 \
-            -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$base \
--c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-            start >/dev/null; then
+            -o "$(server_options "$port" "$base")" start >/dev/null; then
             echo "postgres://postgres@127.0.0.1:$port" >"$dir/url"
             echo "pg_cluster.sh: PostgreSQL running at postgres://postgres@127.0.0.1:$port"
             return 0
@@ -123,6 +130,32 @@ stop() {
     fi
 }
 
+# A fast shutdown (sessions are cut, as in a database failover), then the
+# same server again on the same port, after `down` seconds without one.
+restart() {
+    local dir=$1 down=${2:-0} bin base port
+    case "$down" in
+    *[!0-9]* | "") die "restart: seconds must be a whole number, not '$down'" ;;
+    esac
+    [ -f "$dir/url" ] || die "no cluster in $dir (run: pg_cluster.sh start $dir)"
+    bin=$(bindir)
+    pick_owner
+    base=$(base_of "$dir")
+    if [ "$down" = 0 ]; then
+        as_owner "$bin/pg_ctl" -D "$base/data" -l "$base/server.log" -m fast -w -t 30 restart \
+            >/dev/null ||
+            die "restart failed (see $base/server.log)"
+        return 0
+    fi
+    port=$(sed -e 's/.*://' "$dir/url")
+    as_owner "$bin/pg_ctl" -D "$base/data" -m fast -w -t 30 stop >/dev/null ||
+        die "stop failed (see $base/server.log)"
+    sleep "$down"
+    as_owner "$bin/pg_ctl" -D "$base/data" -l "$base/server.log" -w -t 30 \
+        -o "$(server_options "$port" "$base")" start >/dev/null ||
+        die "the server did not start again (see $base/server.log)"
+}
+
 run() {
     local dir=$1 db=$2
     shift 2
@@ -139,12 +172,13 @@ run() {
     BATON_TEST_STORE="$base/$db" exec "$@"
 }
 
-[ $# -ge 2 ] || die "usage: pg_cluster.sh start|stop DIR | run DIR DB CMD..."
+[ $# -ge 2 ] || die "usage: pg_cluster.sh start|stop DIR | restart DIR [S] | run DIR DB CMD..."
 cmd=$1
 shift
 case "$cmd" in
 start) start "$1" ;;
 stop) stop "$1" ;;
+restart) restart "$@" ;;
 run)
     [ $# -ge 3 ] || die "usage: pg_cluster.sh run DIR DB CMD..."
     run "$@"

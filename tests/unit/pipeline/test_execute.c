@@ -8,10 +8,13 @@
  * order of progress events proves the overlap instead). */
 #include <errno.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "bot/conf.h"
 #include "bot/store/store.h"
@@ -130,6 +133,100 @@ static void write_config(const char *d, const char *baton)
     free(inv);
 }
 
+/* A store that is away for a while: another connection holds a lock the
+ * engine's writes need (SQLite: the write lock of the whole file;
+ * PostgreSQL: the rows of `table` for one execution, FOR UPDATE), so they
+ * wait and then fail with BT_ETIMEOUT, as during a database restart. The
+ * lock is held for hold_ms, or, with hold_ms 0, until locker_release. */
+struct locker {
+    char store[600];
+    const char *table; /* "steps" or "executions" (PostgreSQL) */
+    char execution_id[33];
+    int hold_ms;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, locked, release, failed;
+};
+
+static void *locker_main(void *arg)
+{
+    struct locker *l = arg;
+    sqlite3 *db = NULL;
+    PGconn *pg = NULL;
+    bool ok;
+    if (bt_pg_mode()) {
+        pg = PQconnectdb(l->store);
+        char sql[200];
+        bt_fmt(sql, sizeof sql, "SELECT 1 FROM %s WHERE execution_id = '%s' FOR UPDATE", l->table,
+               l->execution_id);
+        PGresult *r = PQexec(pg, "BEGIN");
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        r = PQexec(pg, sql);
+        ok = ok && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+        PQclear(r);
+    } else {
+        ok = sqlite3_open_v2(l->store, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+             sqlite3_busy_timeout(db, 10000) == SQLITE_OK &&
+             sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    }
+    pthread_mutex_lock(&l->mu);
+    l->locked = true;
+    l->failed = !ok;
+    pthread_cond_broadcast(&l->cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += l->hold_ms / 1000;
+    until.tv_nsec += (long)(l->hold_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (!l->release)
+        if (pthread_cond_timedwait(&l->cv, &l->mu, &until) == ETIMEDOUT && l->hold_ms > 0)
+            break;
+    pthread_mutex_unlock(&l->mu);
+    if (pg) {
+        PQclear(PQexec(pg, "COMMIT"));
+        PQfinish(pg);
+    }
+    if (db) {
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        sqlite3_close(db);
+    }
+    return NULL;
+}
+
+/* Take the lock on another thread; returns once it is held. */
+static void locker_start(struct locker *l)
+{
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    l->started = true;
+    CHECK(pthread_create(&l->thread, NULL, locker_main, l) == 0);
+    pthread_mutex_lock(&l->mu);
+    while (!l->locked)
+        pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
+    CHECK_MSG(!l->failed, "the locker could not take its lock on %s", l->store);
+}
+
+/* Let go (now, if it still holds it) and wait for the thread. */
+static void locker_release(struct locker *l)
+{
+    if (!l->started)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->release = true;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    pthread_join(l->thread, NULL);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv);
+    l->started = false;
+}
+
 /* Everything one engine needs; each test builds its own, so breakers and
  * stores never leak from one test into the next. */
 struct env {
@@ -141,6 +238,11 @@ struct env {
     json_t *events; /* progress events seen */
     /* for the lock tests: release this execution's locks when queued */
     const char *release_on_queue;
+    /* for the store-away tests: start this locker when step lock_index
+     * reports lock_state */
+    struct locker *lock;
+    int lock_index;
+    const char *lock_state;
 };
 
 static void on_progress(void *ctx, const struct bt_execute_progress *p)
@@ -154,6 +256,11 @@ static void on_progress(void *ctx, const struct bt_execute_progress *p)
     if (e->release_on_queue && p->index < 0 && strcmp(p->state, "queued") == 0) {
         char err[BT_ERRLEN];
         CHECK(bt_store_locks_release(e->st, e->release_on_queue, err, sizeof err) == BT_OK);
+    }
+    if (e->lock && !e->lock->started && p->index == e->lock_index &&
+        strcmp(p->state, e->lock_state) == 0) {
+        bt_strlcpy(e->lock->execution_id, p->execution_id, sizeof e->lock->execution_id);
+        locker_start(e->lock);
     }
 }
 
@@ -1148,6 +1255,132 @@ static void test_locks(void)
     env_close(&e, false);
 }
 
+/* ---- a store that is away for a moment ------------------------------------------------- */
+
+/* The end of a step is recorded even when the store is away while the step
+ * runs (longer than the store's own 5 s wait): the write is tried again
+ * until the store answers, so the execution never ends "completed" over a
+ * step still shown "running", and the audit log has its step_finished. */
+static void test_store_away_step(void)
+{
+    struct env e;
+    env_init(&e, &conf);
+    struct locker l = {.table = "steps", .hold_ms = 6500};
+    bt_strlcpy(l.store, e.store, sizeof l.store);
+    e.lock = &l;
+    e.lock_index = 0;
+    e.lock_state = "running";
+    char id[33];
+    mk_execution(&e,
+                 mk_plan(json_pack("[o]", mk_step(&e, "nap", "localhost",
+                                                  json_pack("{s:s}", "secs", "0.5"), NULL, NULL))),
+                 "approved", "a nap while the store is away", id);
+    json_t *r = bt_execute_run(e.ex, id, -1, BT_EXECUTE_NOW, "alice");
+    CHECK(l.started);
+    locker_release(&l);
+    CHECK_STR(str(r, "state"), "completed");
+    json_decref(r);
+    json_t *x = exec_get(&e, id);
+    CHECK_STR(str(x, "state"), "completed");
+    CHECK_STR(step_state(x, 0), "completed");
+    json_decref(x);
+    json_t *a = audit_of(&e, "step_finished", id);
+    CHECK_INT(json_array_size(a), 1);
+    json_decref(a);
+    a = audit_of(&e, "execution_finished", id);
+    CHECK_INT(json_array_size(a), 1);
+    json_decref(a);
+    env_close(&e, false);
+}
+
+/* Run sql on e's store from a connection of its own (sqlite or pg). */
+static void store_sql(struct env *e, const char *sqlite, const char *pg)
+{
+    if (bt_pg_mode()) {
+        PGconn *c = PQconnectdb(e->store);
+        PGresult *r = PQexec(c, pg);
+        CHECK_MSG(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", pg, PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+    } else {
+        sqlite3 *db = NULL;
+        char *msg = NULL;
+        CHECK(sqlite3_open_v2(e->store, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK);
+        sqlite3_busy_timeout(db, 10000);
+        CHECK_MSG(sqlite3_exec(db, sqlite, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sqlite,
+                  msg ? msg : "");
+        sqlite3_free(msg);
+        sqlite3_close(db);
+    }
+}
+
+/* A background run that cannot record its end (here a trigger refuses the
+ * move to completed, as a store that stayed away past the retries would)
+ * leaves its job to the lease instead of handing it back: handed back,
+ * every later claim found the execution "running elsewhere" and it never
+ * ended. Taken over after the lease, an execution whose steps all ended is
+ * finished without running a step again, and the audit log says it
+ * finished once. */
+static void test_store_away_end(void)
+{
+    struct env e;
+    env_init(&e, &conf);
+    char id[33], pa[600], err[BT_ERRLEN];
+    json_t *ia = path_input("away-end", pa, sizeof pa);
+    mk_execution(&e, mk_plan(json_pack("[o]", mk_step(&e, "mark", "localhost", ia, NULL, NULL))),
+                 "approved", "mark it", id);
+    json_t *r = bt_execute_run(e.ex, id, -1, BT_EXECUTE_BACKGROUND, "alice");
+    CHECK_STR(str(r, "state"), "queued");
+    json_decref(r);
+    store_sql(&e,
+              "CREATE TRIGGER bt_test_away BEFORE UPDATE ON executions"
+              " WHEN NEW.state = 'completed' BEGIN SELECT RAISE(ABORT, 'the store is away'); END",
+              "CREATE FUNCTION bt_test_away() RETURNS trigger LANGUAGE plpgsql AS"
+              " $$BEGIN RAISE EXCEPTION 'the store is away'; END$$;"
+              " CREATE TRIGGER bt_test_away BEFORE UPDATE ON executions FOR EACH ROW"
+              " WHEN (NEW.state = 'completed') EXECUTE FUNCTION bt_test_away()");
+    json_t *out = NULL;
+    CHECK(bt_execute_worker_once(e.ex, &out));
+    CHECK_STR(str(out, "error"), "store");
+    CHECK_STR(str(out, "state"), "running");
+    json_decref(out);
+    store_sql(&e, "DROP TRIGGER bt_test_away",
+              "DROP TRIGGER bt_test_away ON executions; DROP FUNCTION bt_test_away()");
+    CHECK(exists(pa));
+    CHECK(unlink(pa) == 0);
+    json_t *j = jobs(&e, id);
+    CHECK_STR(str(json_array_get(j, 0), "state"), "running");
+    json_decref(j);
+    json_t *a = audit_of(&e, "execution_finished", id);
+    CHECK_INT(json_array_size(a), 0);
+    json_decref(a);
+    usleep(1300 * 1000); /* the lease is 1 s */
+    CHECK(bt_execute_worker_once(e.ex, &out));
+    CHECK_STR(str(out, "state"), "completed");
+    json_decref(out);
+    CHECK(!exists(pa)); /* not run again */
+    json_t *x = exec_get(&e, id);
+    CHECK_STR(str(x, "state"), "completed");
+    CHECK_STR(step_state(x, 0), "completed");
+    json_decref(x);
+    j = jobs(&e, id);
+    CHECK_STR(str(json_array_get(j, 0), "state"), "done");
+    CHECK_INT(num(json_array_get(j, 0), "attempt"), 2);
+    json_decref(j);
+    a = audit_of(&e, "step_finished", id);
+    CHECK_INT(json_array_size(a), 1);
+    json_decref(a);
+    a = audit_of(&e, "execution_finished", id);
+    CHECK_INT(json_array_size(a), 1);
+    json_decref(a);
+    CHECK(!bt_execute_worker_once(e.ex, NULL));
+    json_t *locks = NULL;
+    CHECK(bt_store_locks_list(e.st, id, &locks, err, sizeof err) == BT_OK);
+    CHECK_INT(json_array_size(locks), 0);
+    json_decref(locks);
+    env_close(&e, false);
+}
+
 static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
@@ -1181,6 +1414,8 @@ int main(void)
         RUN(test_lease_expiry);
         RUN(test_recover);
         RUN(test_locks);
+        RUN(test_store_away_step);
+        RUN(test_store_away_end);
     }
     bt_config_free(cfg);
     if (bt_pg_mode())
