@@ -118,6 +118,7 @@ struct load {
     char err[512];
     lws_sorted_usec_list_t tick;
     lws_sorted_usec_list_t pace;
+    int64_t pace_at_ns; /* when on_pace is due (0: not scheduled) */
 };
 
 static volatile sig_atomic_t interrupted;
@@ -282,6 +283,18 @@ static int write_say(struct lconn *c)
     return write_text(c, p, n);
 }
 
+static void on_pace(lws_sorted_usec_list_t *sul);
+
+/* --rate: wake the loop at t (or sooner, when it is already due earlier). */
+static void pace_at(struct load *ld, int64_t t)
+{
+    if (ld->pace_at_ns && ld->pace_at_ns <= t)
+        return;
+    int64_t us = (t - now_ns()) / 1000;
+    ld->pace_at_ns = t;
+    lws_sul_schedule(ld->ctx, 0, &ld->pace, on_pace, us > 50 ? us : 50);
+}
+
 /* Send the next say on this connection if the phase wants more. With
  * --rate each connection sends at most one say every conns/rate seconds
  * (from its previous send), so the server sees the offered load rather
@@ -295,6 +308,7 @@ static void next_say(struct lconn *c)
         return; /* the connection has its one say in flight (or queued) already */
     if (ld->o.rate > 0 && now_ns() < c->due_ns) {
         c->paced = true; /* on_pace sends it */
+        pace_at(ld, c->due_ns);
         return;
     }
     c->paced = false;
@@ -532,15 +546,22 @@ static void open_more(struct load *ld)
     }
 }
 
-/* --rate: send the says whose time has come (every millisecond). */
+/* --rate: send the says whose time has come, then sleep until the next
+ * one is due (one wake-up per say, not a busy tick). */
 static void on_pace(lws_sorted_usec_list_t *sul)
 {
     struct load *ld = lws_container_of(sul, struct load, pace);
-    int64_t now = now_ns();
-    for (long i = 0; i < ld->o.conns; i++)
-        if (ld->c[i].paced && now >= ld->c[i].due_ns)
-            next_say(&ld->c[i]);
-    lws_sul_schedule(ld->ctx, 0, &ld->pace, on_pace, 1000);
+    ld->pace_at_ns = 0;
+    int64_t now = now_ns(), next = 0;
+    for (long i = 0; i < ld->o.conns; i++) {
+        struct lconn *c = &ld->c[i];
+        if (c->paced && now >= c->due_ns)
+            next_say(c);
+        else if (c->paced && (!next || c->due_ns < next))
+            next = c->due_ns;
+    }
+    if (next)
+        pace_at(ld, next);
 }
 
 /* Wakes the loop regularly so deadlines and signals are seen. */
@@ -560,8 +581,6 @@ static void run(struct load *ld)
 {
     ld->deadline_ns = now_ns() + (int64_t)ld->o.timeout_s * 1000000000LL;
     lws_sul_schedule(ld->ctx, 0, &ld->tick, on_tick, TICK_US);
-    if (ld->o.rate > 0)
-        lws_sul_schedule(ld->ctx, 0, &ld->pace, on_pace, 1000);
     while (!ld->failed && ld->phase != P_DONE) {
         if (interrupted) {
             fail(ld, "interrupted");
