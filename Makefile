@@ -8,7 +8,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 BATON      := $(BUILD)/bot/baton
 
 PKGS := build-essential cmake pkg-config clang-format git valgrind \
-        libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev postgresql \
+        libwebsockets-dev libcurl4-openssl-dev libjansson-dev libpq-dev postgresql openssl \
         libpcre2-dev libsqlite3-dev libyaml-dev libssl-dev \
         chromium fonts-dejavu-core ansible-core
 # The browser tests drive Debian's chromium with playwright-core from npm;
