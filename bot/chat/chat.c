@@ -469,6 +469,24 @@ const char *bt_chat__card_title(const json_t *card)
     return "Approved";
 }
 
+char *bt_chat__joined(const json_t *list, const char *none)
+{
+    bt_buf b = BT_BUF_INIT(0);
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        if (!json_is_string(v))
+            continue;
+        if (b.len)
+            bt_buf_puts(&b, ", ");
+        bt_buf_puts(&b, json_string_value(v));
+    }
+    if (!b.len)
+        bt_buf_puts(&b, none);
+    return bt_buf_steal(&b);
+}
+
 bool bt_chat__card_open(const json_t *card)
 {
     const char *state = json_string_value(json_object_get(card, "state"));
@@ -544,8 +562,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 static void nap_ms(int64_t ms)
 {
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
+    for (int i = 0; i < 100 && nanosleep(&ts, &ts) != 0; i++)
+        ; /* interrupted by a signal: sleep the rest */
 }
 
 enum bt_err bt_chat__http(const char *method, const char *url, const char *bearer,

@@ -102,6 +102,8 @@ bool bt_chat__url_acceptable(const char *url);
  * longer run); the execution's progress bar "▰▰▱… 1/2 · running" (new
  * string); the expiry as "HH:MM UTC" ("" without one). */
 const char *bt_chat__card_title(const json_t *card);
+/* "a, b, c" of a string array, or none when it has no string (new). */
+char *bt_chat__joined(const json_t *list, const char *none);
 bool bt_chat__card_open(const json_t *card);
 const char *bt_chat__step_state(const json_t *card, const json_t *step);
 char *bt_chat__progress(const json_t *execution);

@@ -443,22 +443,13 @@ static char *answer_text(const json_t *r)
     return clipped;
 }
 
-/* "a, b, c" of a string array (new string). */
+/* "a, b, c" of a string array, defused (new string). */
 static char *joined(const json_t *list, const char *none)
 {
+    char *raw = bt_chat__joined(list, none);
     bt_buf b = BT_BUF_INIT(0);
-    size_t i;
-    json_t *v;
-    json_array_foreach(list, i, v)
-    {
-        if (!json_is_string(v))
-            continue;
-        if (b.len)
-            bt_buf_puts(&b, ", ");
-        put_plain(&b, json_string_value(v));
-    }
-    if (!b.len)
-        bt_buf_puts(&b, none);
+    put_plain(&b, raw);
+    free(raw);
     return bt_buf_steal(&b);
 }
 

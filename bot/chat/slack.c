@@ -255,25 +255,6 @@ static json_t *answer_blocks(const json_t *r)
     return blocks;
 }
 
-/* "a, b, c" of a string array (new string). */
-static char *joined(const json_t *list, const char *none)
-{
-    bt_buf b = BT_BUF_INIT(0);
-    size_t i;
-    json_t *v;
-    json_array_foreach(list, i, v)
-    {
-        if (!json_is_string(v))
-            continue;
-        if (b.len)
-            bt_buf_puts(&b, ", ");
-        bt_buf_puts(&b, json_string_value(v));
-    }
-    if (!b.len)
-        bt_buf_puts(&b, none);
-    return bt_buf_steal(&b);
-}
-
 static json_t *button(const char *text, const char *action_id, const char *style, char *token)
 {
     json_t *b = json_pack("{s:s, s:{s:s, s:s}, s:s, s:s}", "type", "button", "text", "type",
@@ -304,7 +285,7 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
 
     char *req = esc(json_string_value(json_object_get(card, "request")));
     char *summary = esc(json_string_value(json_object_get(card, "summary")));
-    char *targets = joined(json_object_get(card, "targets"), "none");
+    char *targets = bt_chat__joined(json_object_get(card, "targets"), "none");
     char *etargets = esc(targets);
     char *head = bt_asprintf("*%s*\n%s\nRequested by *%s* · risk *%s* · targets: %s", summary, req,
                              json_string_value(json_object_get(card, "requester")),
@@ -358,8 +339,8 @@ static json_t *card_blocks(bt_pipeline *p, const json_t *card)
         free(e);
     }
 
-    char *approved = joined(json_object_get(card, "approved_by"), "nobody yet");
-    char *may = joined(json_object_get(card, "may_decide"), "nobody");
+    char *approved = bt_chat__joined(json_object_get(card, "approved_by"), "nobody yet");
+    char *may = bt_chat__joined(json_object_get(card, "may_decide"), "nobody");
     char expires[32];
     bt_chat__expires(card, expires);
     bool open = bt_chat__card_open(card);
