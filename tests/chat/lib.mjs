@@ -12,9 +12,12 @@
  */
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+
+import { freePort, sleep, within } from '../lib/wait.mjs';
+
+export { freePort, sleep };
 
 const env = (name) => {
     const v = process.env[name];
@@ -31,37 +34,9 @@ export const USERS = ['alice', 'bob', 'carol', 'dave', 'erin'];
 export const slackId = (user) => `U${user.toUpperCase()}`;
 export const mattermostId = (user) => `${user}${'0'.repeat(26)}`.slice(0, 26);
 
-export function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 export function assert(cond, message) {
     if (!cond)
         throw new Error(`assertion failed: ${message}`);
-}
-
-async function within(promise, ms, fallback) {
-    let timer;
-    const late = new Promise((resolve) => {
-        timer = setTimeout(() => resolve(fallback()), ms);
-    });
-    try {
-        return await Promise.race([promise, late]);
-    } finally {
-        clearTimeout(timer);
-    }
-}
-
-export function freePort() {
-    return new Promise((resolve, reject) => {
-        const srv = net.createServer();
-        srv.unref();
-        srv.on('error', reject);
-        srv.listen(0, '127.0.0.1', () => {
-            const { port } = srv.address();
-            srv.close(() => resolve(port));
-        });
-    });
 }
 
 /* Copy config/ into dir: stand-ins for the commands the plans run (each

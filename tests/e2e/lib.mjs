@@ -14,9 +14,10 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+
+import { freePort, sleep, within } from '../lib/wait.mjs';
 
 const env = (name) => {
     const v = process.env[name];
@@ -38,37 +39,8 @@ const ROLES = { alice: 'operator', bob: 'approver', carol: 'approver', dave: 'vi
  * outer bound. */
 export const WAIT_MS = 20000;
 
-function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /* promise, or fallback() after ms; the timer never outlives the race
  * (a pending timer would keep node running after the test). */
-async function within(promise, ms, fallback) {
-    let timer;
-    const late = new Promise((resolve) => {
-        timer = setTimeout(() => resolve(fallback()), ms);
-    });
-    try {
-        return await Promise.race([promise, late]);
-    } finally {
-        clearTimeout(timer);
-    }
-}
-
-/* A free loopback port: bind port 0, read it, close. */
-function freePort() {
-    return new Promise((resolve, reject) => {
-        const srv = net.createServer();
-        srv.unref();
-        srv.on('error', reject);
-        srv.listen(0, '127.0.0.1', () => {
-            const { port } = srv.address();
-            srv.close(() => resolve(port));
-        });
-    });
-}
-
 /* A program that stands in for systemctl, apt-get, pg_dump and dropdb:
  * it sleeps, then succeeds (baton runs it as argv, never through a shell;
  * the shebang makes it executable by execve). */

@@ -41,6 +41,7 @@ import path from 'node:path';
 
 import { newId, startMattermost } from '../fakes/mattermost.mjs';
 import { USERS, assert, freePort, mattermostId, sleep } from '../chat/lib.mjs';
+import { within } from '../lib/wait.mjs';
 
 const env = (name) => {
     const v = process.env[name];
@@ -65,18 +66,6 @@ const WATCHDOG_MS = 390000; /* CTest's TIMEOUT is 420 s */
 const log = (...a) => console.log(`[${((Date.now() - T0) / 1000).toFixed(1).padStart(6)} s]`, ...a);
 
 /* ---- waiting ---------------------------------------------------------------------------- */
-
-async function within(promise, ms, fallback) {
-    let timer;
-    const late = new Promise((resolve) => {
-        timer = setTimeout(() => resolve(fallback()), ms);
-    });
-    try {
-        return await Promise.race([promise, late]);
-    } finally {
-        clearTimeout(timer);
-    }
-}
 
 /* Poll pred (may be async) every `every` ms until it returns something
  * truthy; throw after ms naming what was awaited. */
