@@ -365,6 +365,21 @@ void bt_chat_task_done(bt_chat *c, bt_chat_task *t)
     bt_chat__task_free(t);
 }
 
+bool bt_chat__claim(bt_pipeline *p, const char *surface, const char *key)
+{
+    char err[BT_ERRLEN];
+    bool claimed = false;
+    if (bt_store_chat_claim(bt_pipeline_store(p), key, &claimed, err, sizeof err) != BT_OK) {
+        /* Without the claim a duplicate could run twice: drop the event
+         * (the person sees no answer and may ask again). */
+        bt_log(BT_LOG_ERROR, surface, NULL, "claiming %s: %s", key, err);
+        return false;
+    }
+    if (!claimed)
+        bt_log(BT_LOG_INFO, surface, NULL, "%s was handled already; skipped", key);
+    return claimed;
+}
+
 /* ---- HTTP callbacks ------------------------------------------------------------------ */
 
 bool bt_chat_http_path(const bt_chat *c, const char *uri)

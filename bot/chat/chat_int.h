@@ -71,6 +71,12 @@ bt_chat_task *bt_chat__task(struct bt_chat__surface *sf, int op, json_t *in);
 bool bt_chat__submit(bt_chat *c, bt_chat_task *t);
 void bt_chat__task_free(bt_chat_task *t);
 
+/* Worker: claim a platform event in the store before acting on it (see
+ * bt_store_chat_claim). False when it was handled already, or when the
+ * claim could not be made (logged under surface): then nothing is done,
+ * rather than risk doing it twice. */
+bool bt_chat__claim(bt_pipeline *p, const char *surface, const char *key);
+
 /* A token from the environment variable named by key in settings (its
  * value), else the default name; NULL with err when unset or empty. */
 char *bt_chat__env_token(const json_t *settings, const char *key, const char *dflt, char *err,

@@ -703,17 +703,7 @@ static char *strip_mention(const char *text, const char *name)
 
 static bool claim(bt_pipeline *p, const char *key)
 {
-    char err[BT_ERRLEN];
-    bool claimed = false;
-    if (bt_store_chat_claim(bt_pipeline_store(p), key, &claimed, err, sizeof err) != BT_OK) {
-        /* Without the claim a duplicate could run twice: drop the event
-         * (the person sees no answer and may ask again). */
-        bt_log(BT_LOG_ERROR, "mattermost", NULL, "claiming %s: %s", key, err);
-        return false;
-    }
-    if (!claimed)
-        bt_log(BT_LOG_INFO, "mattermost", NULL, "%s was handled already; skipped", key);
-    return claimed;
+    return bt_chat__claim(p, "mattermost", key);
 }
 
 #define UNKNOWN_USER_TEXT                                                                          \

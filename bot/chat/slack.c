@@ -486,17 +486,7 @@ static char *strip_mention(const char *text, const char *bot)
 
 static bool claim(bt_pipeline *p, const char *key)
 {
-    char err[BT_ERRLEN];
-    bool claimed = false;
-    if (bt_store_chat_claim(bt_pipeline_store(p), key, &claimed, err, sizeof err) != BT_OK) {
-        /* Without the claim a duplicate could run twice: drop the event
-         * (the person sees no answer and may ask again). */
-        bt_log(BT_LOG_ERROR, "slack", NULL, "claiming %s: %s", key, err);
-        return false;
-    }
-    if (!claimed)
-        bt_log(BT_LOG_INFO, "slack", NULL, "%s was handled already; skipped", key);
-    return claimed;
+    return bt_chat__claim(p, "slack", key);
 }
 
 /* The hint for a Slack user baton cannot map to one of its users. */
